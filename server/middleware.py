@@ -1,0 +1,191 @@
+"""Pure ASGI middlewares: request ids and the access log, API keys, the body size limit.
+
+They are plain ASGI callables, not Starlette's BaseHTTPMiddleware, which buffers and slows
+streaming responses. Order (outermost first): request id + access log → API key → body limit.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import APIError, error_body
+from server.metrics import Metrics
+
+access_logger = logging.getLogger("airoboros.access")
+
+MAX_REQUEST_ID_LENGTH = 128
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+def sanitize_request_id(raw: str | None) -> str:
+    """A client id kept only in safe characters and bounded length; a fresh one otherwise."""
+    if raw:
+        cleaned = _UNSAFE_ID_CHARS.sub("", raw)[:MAX_REQUEST_ID_LENGTH]
+        if cleaned:
+            return cleaned
+    return uuid.uuid4().hex
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _send_error(send: Send, error: APIError, request_id: str | None = None) -> None:
+    body = json.dumps(error_body(error.message, error.type, error.param, error.code)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    if request_id:
+        headers.append((b"x-request-id", request_id.encode()))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def route_label(path: str) -> str:
+    # Bounded label values: known API paths as they are, everything else one bucket.
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{id}"
+    if path.startswith(("/v1/", "/health", "/metrics", "/version")):
+        return path
+    return "other"
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (echoed as X-Request-Id) and writes one JSON access-log line."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = sanitize_request_id(_header(scope, b"x-request-id"))
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.monotonic()
+        status = {"code": 500}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", request_id.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope.get("path", "")
+            route = route_label(path)
+            self.metrics.requests.labels(route, str(status["code"])).inc()
+            if not path.startswith(("/health", "/metrics")):
+                extra = scope["state"].get("access_log", {})
+                access_logger.info(
+                    json.dumps(
+                        {
+                            "request_id": request_id,
+                            "method": scope.get("method"),
+                            "path": path,
+                            "status": status["code"],
+                            "duration_s": round(time.monotonic() - started, 4),
+                            **extra,
+                        }
+                    )
+                )
+
+
+class ApiKeyMiddleware:
+    """Guards every path under /v1/ (by prefix, so routes added later are covered too)."""
+
+    def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
+        self.app = app
+        self.keys = [key.encode() for key in keys]
+
+    def _authorized(self, scope: Scope) -> bool:
+        header = _header(scope, b"authorization") or ""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        presented = token.strip().encode()
+        # Compare against every key without stopping early, in constant time per key.
+        matched = False
+        for key in self.keys:
+            matched |= hmac.compare_digest(presented, key)
+        return matched
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.keys and scope.get("path", "").startswith("/v1/"):
+            if not self._authorized(scope):
+                error = APIError(
+                    401,
+                    "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
+                    type="authentication_error", code="invalid_api_key",
+                )
+                await _send_error(send, error, scope.get("state", {}).get("request_id"))
+                return
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit: by Content-Length at once, or counted while reading."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> APIError:
+        return APIError(
+            413, f"Request body is larger than this server accepts ({self.max_bytes} bytes).",
+            type="invalid_request_error", code="request_too_large",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = scope.get("state", {}).get("request_id")
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_error(send, self._too_large(), request_id)
+            return
+        received = 0
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not response_started:
+                await _send_error(send, self._too_large(), request_id)
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    # An HTTPException, because FastAPI turns any other error raised while it reads the
+    # body into a 400 "error parsing the body"; this one reaches the 413 handler intact.
+    def __init__(self) -> None:
+        super().__init__(413, "Request body is too large.")

@@ -1,0 +1,75 @@
+"""Per-request bookkeeping: deadline, drain signal, timings and tokens, for metrics and the access log."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.metrics import Metrics
+
+
+def classify_stop(finish_reason: str | None, stop_reason: Any, prompt_format: Any = None) -> str:
+    """Why a choice ended, in the metric's words: eos, </s>, USER:, client_stop, length, abort."""
+    if finish_reason == "length":
+        return "length"
+    if finish_reason == "abort":
+        return "abort"
+    if isinstance(stop_reason, str):
+        format_stops = getattr(prompt_format, "stop_strings", ())
+        return stop_reason if stop_reason in format_stops else "client_stop"
+    if isinstance(stop_reason, int):
+        return "stop_token"
+    return "eos"
+
+
+@dataclass
+class Outcome:
+    route: str
+    request_id: str
+    metrics: Metrics
+    deadline: float
+    stop_event: asyncio.Event | None = None
+    arrival: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reasons: list[str] = field(default_factory=list)
+
+    def mark_first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+            self.metrics.time_to_first_token.labels(self.route).observe(self.first_token_at - self.arrival)
+
+    def record_choice(self, finish_reason: str | None, stop_kind: str) -> None:
+        self.mark_first_token()
+        self.finish_reasons.append(finish_reason or "none")
+        self.metrics.finish_reasons.labels(self.route, finish_reason or "none").inc()
+        self.metrics.stop_reasons.labels(stop_kind).inc()
+
+    def record_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+    def finish(self) -> None:
+        """Observe the request's latency histograms and token counters once it is over."""
+        now = time.monotonic()
+        self.metrics.request_latency.labels(self.route).observe(now - self.arrival)
+        self.metrics.prompt_tokens.labels(self.route).inc(self.prompt_tokens)
+        self.metrics.completion_tokens.labels(self.route).inc(self.completion_tokens)
+        if self.first_token_at is not None and self.completion_tokens > 1:
+            per_token = (now - self.first_token_at) / (self.completion_tokens - 1)
+            self.metrics.time_per_output_token.labels(self.route).observe(per_token)
+
+    def timings(self) -> dict[str, float | None]:
+        now = time.monotonic()
+        ttft = None if self.first_token_at is None else round(self.first_token_at - self.arrival, 4)
+        return {"latency_s": round(now - self.arrival, 4), "ttft_s": ttft}

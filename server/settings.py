@@ -1,0 +1,107 @@
+"""The one settings object: every flag of `airoboros-server serve` and its environment variable.
+
+Precedence: command-line flag, then `AIROBOROS_<NAME>` environment variable, then the default
+here. The CLI builds flags from these fields, so a new setting is one new field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+DEFAULT_CACHE_DIR = Path("~/.cache/airoboros-server")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIROBOROS_", extra="ignore")
+
+    # --- the model -------------------------------------------------------------------------
+    model: Path | None = Field(
+        None, description="Checkpoint directory. Absent: the embedded default model."
+    )
+    served_model_name: str | None = Field(
+        None,
+        description="The `model` name clients use. Default: the checkpoint directory's name "
+        "(the embedded default model: smollm2-135m-instruct).",
+    )
+    model_aliases: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Other names accepted for the model (comma-separated)."
+    )
+    tokenizer: Path | None = Field(None, description="Tokenizer directory. Default: the model's.")
+    max_model_len: int | None = Field(
+        None, gt=0, description="Context length. Default: the checkpoint's."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs (CPU: sockets) per replica.")
+    dtype: str = Field("auto", description="Weights dtype: auto, bfloat16, float16, float32.")
+    enforce_eager: bool = Field(
+        False,
+        description="Skip graph compilation: starts several times faster, decodes slower.",
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU memory share for vLLM.")
+    cpu_kv_cache_gib: float | None = Field(
+        None, gt=0, description="KV cache size on CPU hosts (sets VLLM_CPU_KVCACHE_SPACE)."
+    )
+    max_num_seqs: int | None = Field(None, ge=1, description="Sequences the engine batches at once.")
+    prompt_format: str = Field("airoboros", description="Prompt format of the chat route.")
+    add_bos: bool = Field(False, description="Start every chat prompt with the BOS token.")
+    cache_dir: Path = Field(
+        DEFAULT_CACHE_DIR, description="Where the embedded default model is converted to."
+    )
+
+    # --- HTTP ------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key_file: Path | None = Field(None, description="File with one API key per line.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="API keys, comma-separated (environment only; never put keys on a command line).",
+        exclude=True,
+        repr=False,
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Request body limit.")
+    keep_alive_timeout: float = Field(
+        75.0, gt=0, description="Idle HTTP keep-alive seconds (above load-balancer idle timeouts)."
+    )
+    sse_ping_seconds: float = Field(
+        5.0, gt=0, description="Keep-alive comment interval on a stream while no token flows."
+    )
+
+    # --- requests --------------------------------------------------------------------------
+    default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request gives none.")
+    max_n: int = Field(8, ge=1, description="Largest `n` a request may ask for.")
+    max_inflight: int = Field(256, ge=1, description="Requests generating or waiting, at most.")
+    request_timeout: float = Field(600.0, gt=0, description="Seconds a request may run.")
+    drain_timeout: float = Field(
+        45.0, ge=0, description="Seconds in-flight requests get after SIGTERM."
+    )
+    warmup: bool = Field(True, description="Run one short generation before reporting ready.")
+    log_prompts: bool = Field(False, description="Log prompt and output text.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("model_aliases", "api_keys", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def uses_default_model(self) -> bool:
+        return self.model is None
+
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir.expanduser()
+
+    def load_api_keys(self) -> list[str]:
+        """Keys from the key file (one per line, `#` comments) and the environment."""
+        keys = list(self.api_keys)
+        if self.api_key_file is not None:
+            for line in self.api_key_file.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    keys.append(line)
+        return keys

@@ -1,0 +1,70 @@
+"""What the running server knows about itself: its phase, its engine, its services.
+
+Phases: `starting` (HTTP listens, engine loading or warming) → `ready` → `draining` (SIGTERM
+seen) → stopped; or `dead` at any point when the engine dies. Readiness is `ready` only; liveness
+is anything but `dead`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from server.errors import APIError, model_not_found, unavailable
+from server.metrics import Metrics
+from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.admission import AdmissionGate
+    from server.chat import ChatService
+    from server.completions import CompletionService
+    from server.engine import Engine
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    metrics: Metrics
+    served_name: str
+    phase: str = "starting"
+    engine: "Engine | None" = None
+    chat: "ChatService | None" = None
+    completions: "CompletionService | None" = None
+    admission: "AdmissionGate | None" = None
+    startup_error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    # Set when the drain deadline passes: requests still running are stopped then.
+    drain_expired: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def live(self) -> bool:
+        return self.phase != "dead"
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "ready" and self.engine is not None and not self.engine.dead
+
+    def model_names(self) -> tuple[str, ...]:
+        return (self.served_name, *self.settings.model_aliases)
+
+    def check_model(self, name: str) -> None:
+        if name not in self.model_names():
+            raise model_not_found(name)
+
+    def require_serving(self) -> None:
+        """Refuse generation work unless the engine is up and the server is not stopping."""
+        if self.phase == "dead" or (self.engine is not None and self.engine.dead):
+            raise unavailable("The inference engine stopped; the server is restarting.")
+        if self.phase == "draining":
+            raise unavailable("The server is shutting down; retry on another replica.", retry_after=1)
+        if self.phase != "ready" or self.engine is None:
+            raise unavailable("The model is still loading; retry shortly.", retry_after=5)
+
+
+def require_engine(state: ServerState) -> "Engine":
+    if state.engine is None:
+        raise APIError(503, "The model is still loading; retry shortly.", type="server_error",
+                       code="unavailable", headers={"Retry-After": "5"})
+    return state.engine
