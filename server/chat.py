@@ -118,7 +118,7 @@ class ChatService:
             completion.token_ids, completion.logprobs, prepared.request.top_logprobs or 0,
             self.engine.token_text,
         )
-        return {"content": content}
+        return {"content": content, "refusal": None}
 
     async def complete(self, prepared: PreparedChat, request_id: str, outcome: Outcome) -> dict:
         final = None
@@ -139,7 +139,7 @@ class ChatService:
             choices.append(
                 {
                     "index": completion.index,
-                    "message": {"role": "assistant", "content": text},
+                    "message": {"role": "assistant", "content": text, "refusal": None},
                     "logprobs": self._choice_logprobs(prepared, completion),
                     "finish_reason": completion.finish_reason,
                     "stop_reason": completion.stop_reason,

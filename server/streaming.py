@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from sse_starlette.sse import AppStatus, EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import AppStatus, EventSourceResponse
 
 from server.engine import EngineDead
 from server.errors import APIError, internal_error, unavailable
@@ -61,12 +61,19 @@ def api_error_for(exc: BaseException) -> APIError:
     return internal_error()
 
 
-def _to_event(payload: Any) -> ServerSentEvent | str:
+KEEPALIVE_FRAME = b": keep-alive\n\n"
+DONE_FRAME = b"data: [DONE]\n\n"
+
+
+def encode_frame(payload: Any) -> bytes:
+    """One SSE frame. JSON from `dumps` has no raw newline, so one `data:` line is enough."""
     if payload is KEEPALIVE:
-        return ServerSentEvent(comment="keep-alive")
+        return KEEPALIVE_FRAME
+    if payload is DONE:
+        return DONE_FRAME
     if isinstance(payload, ErrorEvent):
-        return ServerSentEvent(data=payload.payload())
-    return ServerSentEvent(data=payload)
+        payload = payload.payload()
+    return b"data: " + payload.encode() + b"\n\n"
 
 
 class _EventStream(EventSourceResponse):
@@ -94,15 +101,16 @@ def sse_response(
     headers: dict[str, str] | None = None,
     on_close: Callable[[], None] | None = None,
 ) -> EventSourceResponse:
-    async def events() -> AsyncIterator[ServerSentEvent | str]:
+    async def events() -> AsyncIterator[bytes]:
         try:
             async for payload in payloads:
-                yield _to_event(payload)
+                # Bytes pass through sse-starlette untouched: the framing is exactly ours.
+                yield encode_frame(payload)
         finally:
             # Closing the producer runs its clean-up at once (the engine request is aborted
             # when the client left), rather than whenever the generator is collected.
             await payloads.aclose()
 
     return _EventStream(
-        events(), headers={**STREAM_HEADERS, **(headers or {})}, sep="\n", ping=None, on_close=on_close
+        events(), headers={**STREAM_HEADERS, **(headers or {})}, ping=None, on_close=on_close
     )

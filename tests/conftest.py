@@ -18,6 +18,10 @@ OPENAI_OPENAPI = Path(
 )
 
 
+# An alias the shared server accepts for its model (the `model_aliases` setting).
+DEFAULT_MODEL_ALIAS = "airoboros-default-alias"
+
+
 def _require_shared_file(path: Path, variable: str) -> Path:
     if not path.is_file():
         pytest.fail(
@@ -36,3 +40,19 @@ def neox_tokenizer_file() -> Path:
 @pytest.fixture(scope="session")
 def openai_openapi_file() -> Path:
     return _require_shared_file(OPENAI_OPENAPI, "AIROBOROS_OPENAI_OPENAPI")
+
+
+@pytest.fixture(scope="session")
+def default_server():
+    """One server on the embedded default model (SmolLM2-135M) for every test that can share it."""
+    from tests.support.server import running_server
+
+    with running_server(env={"AIROBOROS_MODEL_ALIASES": DEFAULT_MODEL_ALIAS}) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def default_model_name(default_server) -> str:
+    import httpx
+
+    return httpx.get(default_server.base_url + "/v1/models", timeout=10).json()["data"][0]["id"]
