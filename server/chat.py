@@ -131,7 +131,7 @@ class ChatService:
         choices = []
         completion_tokens = 0
         for completion in sorted(final.outputs, key=lambda c: c.index):
-            shaper = self.format.output_shaper()
+            shaper = self.format.output_shaper(continuation=prepared.request.continue_final_message)
             text = shaper.feed(completion.text) + shaper.finish()
             completion_tokens += len(completion.token_ids)
             reason = classify_stop(completion.finish_reason, completion.stop_reason, self.format)
@@ -175,7 +175,8 @@ class ChatService:
         yield KEEPALIVE
         for index in range(request.n):
             yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
-        shapers = [self.format.output_shaper() for _ in range(request.n)]
+        # After a prefill the output continues the client's text: its leading space is content.
+        shapers = [self.format.output_shaper(continuation=request.continue_final_message) for _ in range(request.n)]
         completion_tokens = 0
         try:
             async for output in run_generation(

@@ -14,8 +14,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from server import __version__
 from server.errors import APIError
+from server.middleware import OutputTranscript
 from server.outcome import Outcome
 from server.protocol import ChatCompletionRequest, CompletionRequest, RenderResponse
+from server.responses import (
+    API_ERRORS,
+    ChatCompletion,
+    Completion,
+    Health,
+    ModelCard,
+    ModelList,
+    VersionInfo,
+    generation_responses,
+)
 from server.state import ServerState
 from server.streaming import DONE, ErrorEvent, api_error_for, sse_response
 
@@ -67,8 +78,12 @@ async def serve_generation(
     make_stream: Callable[[Outcome], AsyncIterator[Any]],
     make_complete: Callable[[Outcome], Awaitable[dict]],
     headers: dict[str, str] | None = None,
+    prompt: str | list[str] | None = None,
 ) -> Response:
-    """Admission, deadlines, disconnects, metrics: the same for every generating route."""
+    """Admission, deadlines, disconnects, metrics: the same for every generating route.
+
+    `prompt` goes into the access log, with the output text, only under `--log-prompts`.
+    """
     request_id = request.state.request_id
     settings = state.settings
     assert state.admission is not None
@@ -81,6 +96,7 @@ async def serve_generation(
         stop_event=state.drain_expired,
     )
     access_log = request.scope["state"].setdefault("access_log", {})
+    transcript = OutputTranscript() if settings.log_prompts else None
 
     def finish(aborted_reason: str | None) -> None:
         state.admission.leave(latency_s=time.monotonic() - outcome.arrival)
@@ -91,6 +107,8 @@ async def serve_generation(
             {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
              "finish_reasons": outcome.finish_reasons, "aborted": aborted_reason, **outcome.timings()}
         )
+        if transcript is not None:
+            access_log.update({"prompt": prompt, "output": transcript.texts()})
 
     if stream:
         # Until the stream reaches [DONE], an end means the client went away.
@@ -102,11 +120,14 @@ async def serve_generation(
                     ending["aborted"] = payload.error.code or "error"
                 elif payload is DONE and ending["aborted"] == "disconnect":
                     ending["aborted"] = None
+                elif transcript is not None:
+                    transcript.add_payload(payload)
                 yield payload
 
         return sse_response(tracked(), headers=headers, on_close=lambda: finish(ending["aborted"]))
 
     aborted: str | None = None
+    body: dict | None = None
     try:
         body = await cancel_on_disconnect(request, make_complete(outcome))
     except ClientDisconnected:
@@ -117,6 +138,8 @@ async def serve_generation(
         aborted = api_error.code or "error"
         raise api_error from error
     finally:
+        if transcript is not None and body is not None:
+            transcript.add_body(body)
         finish(aborted)
     return JSONResponse(body, headers=headers)
 
@@ -124,7 +147,7 @@ async def serve_generation(
 # --- generation --------------------------------------------------------------------------
 
 
-@router.post("/v1/chat/completions", tags=["chat"])
+@router.post("/v1/chat/completions", tags=["chat"], responses=generation_responses(ChatCompletion))
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     state = server_state(request)
     state.check_model(body.model)
@@ -141,10 +164,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         make_stream=lambda outcome: state.chat.stream(prepared, request_id, outcome),
         make_complete=lambda outcome: state.chat.complete(prepared, request_id, outcome),
         headers={DROPPED_MESSAGES_HEADER: str(dropped)},
+        prompt=prepared.fitted.prompt,
     )
 
 
-@router.post("/v1/completions", tags=["completions"])
+@router.post("/v1/completions", tags=["completions"], responses=generation_responses(Completion))
 async def completions(body: CompletionRequest, request: Request) -> Response:
     state = server_state(request)
     state.check_model(body.model)
@@ -157,10 +181,11 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         stream=body.stream,
         make_stream=lambda outcome: state.completions.stream(body, prompts, request_id, outcome),
         make_complete=lambda outcome: state.completions.complete(body, prompts, request_id, outcome),
+        prompt=[p.text for p in prompts],
     )
 
 
-@router.post("/v1/chat/render", tags=["chat"], response_model=RenderResponse)
+@router.post("/v1/chat/render", tags=["chat"], response_model=RenderResponse, responses=API_ERRORS)
 async def chat_render(body: ChatCompletionRequest, request: Request) -> JSONResponse:
     state = server_state(request)
     state.check_model(body.model)
@@ -188,13 +213,13 @@ def _model_card(state: ServerState, name: str) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/models", tags=["models"])
+@router.get("/v1/models", tags=["models"], response_model=ModelList, responses=API_ERRORS)
 async def list_models(request: Request) -> dict[str, Any]:
     state = server_state(request)
     return {"object": "list", "data": [_model_card(state, name) for name in state.model_names()]}
 
 
-@router.get("/v1/models/{model_id:path}", tags=["models"])
+@router.get("/v1/models/{model_id:path}", tags=["models"], response_model=ModelCard, responses=API_ERRORS)
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     state = server_state(request)
     state.check_model(model_id)
@@ -208,29 +233,29 @@ def _health(ok: bool, phase: str) -> JSONResponse:
     return JSONResponse({"status": phase}, status_code=200 if ok else 503)
 
 
-@router.get("/health/live", tags=["health"])
+@router.get("/health/live", tags=["health"], response_model=Health, responses={503: {"model": Health}})
 async def health_live(request: Request) -> JSONResponse:
     state = server_state(request)
     return _health(state.live, state.phase)
 
 
-@router.get("/health", tags=["health"])
+@router.get("/health", tags=["health"], response_model=Health, responses={503: {"model": Health}})
 async def health(request: Request) -> JSONResponse:
     return await health_live(request)
 
 
-@router.get("/health/ready", tags=["health"])
+@router.get("/health/ready", tags=["health"], response_model=Health, responses={503: {"model": Health}})
 async def health_ready(request: Request) -> JSONResponse:
     state = server_state(request)
     return _health(state.ready, state.phase)
 
 
-@router.get("/metrics", tags=["operations"])
+@router.get("/metrics", tags=["operations"], responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
 async def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/version", tags=["operations"])
+@router.get("/version", tags=["operations"], response_model=VersionInfo)
 async def version() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version as package_version
 

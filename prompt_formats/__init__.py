@@ -1,0 +1,54 @@
+"""Chat messages → prompt text for the models this server runs, and the output clean-up.
+
+Pure Python: no HTTP, no engine, no pydantic. The server imports this package, never the other
+way round. Start at `get_format()`; the rules it implements are in spec/prompt-format.md, and
+each module's docstring lists the choices it made where the spec is silent (marked *(ours)*).
+
+Modules: `errors` (exceptions and every error code), `messages` (validation, R4-R7),
+`documents` (the closed-context extension), `airoboros` (the prompt layout), `history` (fitting
+into the context, R11), `output` (stripping the reply, R10), `stops` (stop strings, R10),
+`protocol` (what a format provides), `registry` (formats by name).
+"""
+
+from prompt_formats.airoboros import DEFAULT_SYSTEM, AiroborosFormat
+from prompt_formats.documents import DELIMITERS, Document, parse_documents, render_closed_context
+from prompt_formats.errors import ContextLengthExceeded, PromptFormatError
+from prompt_formats.history import HISTORY_POLICIES, FittedPrompt, HistoryPolicy
+from prompt_formats.messages import Conversation, Exchange, Turn, parse_messages
+from prompt_formats.output import OutputShaper, shape_output
+from prompt_formats.protocol import PromptFormat
+from prompt_formats.registry import (
+    DEFAULT_FORMAT,
+    format_names,
+    get_format,
+    register_format,
+    unregister_format,
+)
+from prompt_formats.stops import merge_stops
+
+__all__ = [
+    "DEFAULT_FORMAT",
+    "DEFAULT_SYSTEM",
+    "DELIMITERS",
+    "HISTORY_POLICIES",
+    "AiroborosFormat",
+    "ContextLengthExceeded",
+    "Conversation",
+    "Document",
+    "Exchange",
+    "FittedPrompt",
+    "HistoryPolicy",
+    "OutputShaper",
+    "PromptFormat",
+    "PromptFormatError",
+    "Turn",
+    "format_names",
+    "get_format",
+    "merge_stops",
+    "parse_documents",
+    "parse_messages",
+    "register_format",
+    "render_closed_context",
+    "shape_output",
+    "unregister_format",
+]
