@@ -107,9 +107,15 @@ API_ERRORS: dict[int | str, dict[str, Any]] = {
     504: {**_ERROR, "description": "Request timed out"},
 }
 
+# One server-sent event: `data` holds a chunk's JSON, an error object, or `[DONE]` last.
 EVENT_STREAM = {
     "text/event-stream": {
-        "schema": {"type": "string", "description": "SSE: `data: <chunk JSON>` events, then `data: [DONE]`."}
+        "schema": {
+            "type": "object",
+            "description": "SSE: `data: <chunk JSON>` events, then `data: [DONE]`; `: keep-alive` comments between.",
+            "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+            "required": ["data"],
+        }
     }
 }
 

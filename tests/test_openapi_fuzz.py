@@ -1,0 +1,89 @@
+"""schemathesis over the server's own /openapi.json: no 5xx and no response that breaks the schema.
+
+The server gets a 256-token context and small limits, so every request schemathesis invents,
+valid or not, is cheap to answer on two CPU cores. Bodies that name a model are pointed at the
+served one, so generation paths run too instead of stopping at a 404.
+
+schemathesis's pytest plugin does not run on pytest 9, so each operation's hypothesis strategy
+is driven directly with `@given`, with the same checks `call_and_validate` would run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from fastapi.routing import APIRoute
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from server.app import create_app
+from server.settings import Settings
+from tests.support.server import running_server
+
+pytestmark = pytest.mark.engine
+
+MODEL = "fuzz-model"
+EXAMPLES_PER_OPERATION = 12
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+# The operations, read from the app's router at collection time (no engine needed).
+OPERATIONS = sorted(
+    (method, route.path_format)
+    for route in create_app(Settings()).routes
+    if isinstance(route, APIRoute)
+    for method in route.methods
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server():
+    with running_server(
+        "--served-model-name", MODEL, "--max-model-len", "256", "--max-n", "2",
+        "--default-max-tokens", "8", "--request-timeout", "30",
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzz_server):
+    return schemathesis.openapi.from_url(fuzz_server.base_url + "/openapi.json")
+
+
+def point_at_served_model(case) -> None:
+    if isinstance(case.body, dict) and "model" in case.body:
+        case.body["model"] = MODEL
+    if case.path_parameters and "model_id" in case.path_parameters:
+        case.path_parameters["model_id"] = MODEL
+
+
+# Invalid inputs exist only for operations that take a body (a string path parameter has none).
+CASES = [
+    (method, path, mode)
+    for method, path in OPERATIONS
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    if mode is GenerationMode.POSITIVE or method == "POST"
+]
+
+
+@pytest.mark.parametrize(
+    "method,path,mode", CASES, ids=[f"{m} {p} {'valid' if g is GenerationMode.POSITIVE else 'invalid'}" for m, p, g in CASES]
+)
+def test_operation_answers_within_its_schema(api_schema, fuzz_server, method, path, mode):
+    operation = api_schema[path][method]
+
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def answers_within_schema(case) -> None:
+        point_at_served_model(case)
+        case.call_and_validate(base_url=fuzz_server.base_url, timeout=60, checks=CHECKS)
+
+    answers_within_schema()
