@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # Nothing this project runs may reach a model hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install serve test bench lint-deploy clean
+.PHONY: install serve test bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,33 @@ install: $(INSTALLED)
 serve: install
 	$(VENV)/bin/airoboros-server serve $(SERVE_ARGS)
 
+# Deploy checks (tests/test_deploy_*.py, tests/test_load_balancer.py): checkov, kubernetes-validate,
+# yamllint and hadolint in their own venv (their dependencies fight vLLM's pins), kubectl when
+# the machine has none with kustomize v5, nginx and bubblewrap (as root). Re-runs when the pins change.
+DEPLOY_VENV := .venv-deploy
+DEPLOY_TOOLS := $(DEPLOY_VENV)/.installed
+$(DEPLOY_TOOLS): deploy/requirements-checks.txt deploy/checks/install-tools.sh
+	bash deploy/checks/install-tools.sh $(DEPLOY_VENV) $(PYTHON)
+	touch $@
+
+.PHONY: deploy-tools
+deploy-tools: $(DEPLOY_TOOLS)
+
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass.
-test: install
+test: install deploy-tools
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+# Benchmarks (bench/README.md): our server against `vllm serve` of the same vLLM, about
+# 20 minutes; BENCH_ARGS=--quick for a short run. Not part of `make test` (only its smoke test is).
+BENCH_INSTALLED := $(VENV)/.installed-bench
+BENCH_ARGS ?=
+$(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	touch $@
+
+bench: $(BENCH_INSTALLED)
+	$(PY) -m bench $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .hypothesis
