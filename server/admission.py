@@ -2,17 +2,19 @@
 
 Refusing early is kinder than queueing without bound: the client (or the load balancer) can
 retry elsewhere, and the requests already admitted keep their latency. `Retry-After` estimates
-when a slot frees up from the recent mean request latency and how full the queue is.
+when a slot frees up from the recent mean request latency and how full the queue is; it is at
+least 1 s (OpenAI SDKs honour it) and at most a minute (one slow request must not park clients).
+Health and metrics never pass through here.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Iterator
 
 from server.errors import APIError
 from server.metrics import Metrics
+
+MAX_RETRY_AFTER_S = 60
 
 
 class AdmissionGate:
@@ -23,11 +25,13 @@ class AdmissionGate:
         self._mean_latency_s = 1.0
 
     def retry_after_seconds(self) -> int:
-        # With every slot busy, about one slot frees per (mean latency / limit) seconds.
-        return max(1, math.ceil(self._mean_latency_s * self.in_flight / max(self.limit, 1)))
+        # A full queue turns over in about one mean request latency; scale by how full it is.
+        estimate = math.ceil(self._mean_latency_s * self.in_flight / max(self.limit, 1))
+        return min(MAX_RETRY_AFTER_S, max(1, estimate))
 
-    def try_enter(self, weight: int = 1) -> None:
-        if self.in_flight + weight > self.limit:
+    def try_enter(self) -> None:
+        """Take a slot, or raise the 429 (counted in the rejected metric)."""
+        if self.in_flight >= self.limit:
             self.metrics.rejected.inc()
             raise APIError(
                 429,
@@ -35,19 +39,11 @@ class AdmissionGate:
                 type="rate_limit_error", code="server_busy",
                 headers={"Retry-After": str(self.retry_after_seconds())},
             )
-        self.in_flight += weight
+        self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
 
-    def leave(self, weight: int = 1, latency_s: float | None = None) -> None:
-        self.in_flight = max(0, self.in_flight - weight)
+    def leave(self, latency_s: float | None = None) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
         self.metrics.in_flight.set(self.in_flight)
         if latency_s is not None:
             self._mean_latency_s = 0.8 * self._mean_latency_s + 0.2 * latency_s
-
-    @contextmanager
-    def slot(self, weight: int = 1) -> Iterator[None]:
-        self.try_enter(weight)
-        try:
-            yield
-        finally:
-            self.leave(weight)

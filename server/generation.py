@@ -7,7 +7,12 @@ whatever the caller does with it:
 - while no output arrives for `tick_seconds`, it yields `KEEPALIVE` so an SSE stream can send a
   comment and idle-timeout proxies keep the connection;
 - it ends with `GenerationInterrupted` when the request passes its timeout or the server's
-  drain deadline, aborting the engine request first.
+  drain deadline, aborting the engine request first (with `EngineDead` when the stop came
+  because the engine died).
+
+The abort runs in a task of its own: an SSE response that loses its client is torn down by an
+anyio cancel scope, which cancels every further `await` in this generator's clean-up, and the
+abort must happen anyway.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from server.engine import Engine
+from server.engine import Engine, EngineDead
 
 KEEPALIVE = object()
+
+# Aborts in flight, held so the event loop does not drop them before they run.
+_pending_aborts: set[asyncio.Task] = set()
 
 
 class GenerationInterrupted(Exception):
@@ -81,6 +89,8 @@ async def run_generation(
                     return
                 continue
             if stop_wait is not None and stop_wait in done:
+                if engine.dead:
+                    raise EngineDead("the inference engine stopped")
                 raise GenerationInterrupted(
                     "drain", "The server is shutting down and stopped this request."
                 )
@@ -90,14 +100,23 @@ async def run_generation(
     finally:
         if stop_wait is not None:
             stop_wait.cancel()
+        if not finished:
+            # Cancelling the engine generator aborts internally, but only when it was waiting;
+            # an explicit abort also covers a request that is queued or between outputs.
+            _abort_soon(engine, engine_id)
         if next_output is not None:
             next_output.cancel()
             with contextlib.suppress(BaseException):
                 await next_output
-        if not finished:
-            # Cancelling the engine generator aborts internally, but only when it was waiting;
-            # an explicit abort also covers a request that is queued or between outputs.
-            with contextlib.suppress(Exception):
-                await engine.abort(engine_id)
         with contextlib.suppress(Exception):
             await outputs.aclose()
+
+
+def _abort_soon(engine: Engine, engine_id: str) -> None:
+    async def abort() -> None:
+        with contextlib.suppress(Exception):
+            await engine.abort(engine_id)
+
+    task = asyncio.get_running_loop().create_task(abort())
+    _pending_aborts.add(task)
+    task.add_done_callback(_pending_aborts.discard)

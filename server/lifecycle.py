@@ -2,12 +2,16 @@
 
 - Start-up: the HTTP server listens at once (liveness answers), while the model is prepared and
   loaded in a worker thread; a warm-up generation must succeed before readiness turns 200.
-- Drain (SIGTERM/SIGINT): readiness turns 503 at once; uvicorn closes its listening socket and
-  waits for in-flight connections; requests still running at the drain deadline are stopped
-  with an error; then the engine shuts down and the process exits 0.
-- Engine death: a watchdog sees the engine core gone within a second, turns liveness and
-  readiness 503, lets in-flight requests fail with a clear error, and asks the process to exit
-  non-zero so the orchestrator restarts it.
+- Drain (SIGTERM/SIGINT, driven by `server.runner`): `mark_draining` turns readiness 503 at once
+  (requests are still served during `--shutdown-delay`); `begin_drain` then refuses new work and
+  starts the drain clock while uvicorn closes its listening socket and waits for in-flight
+  connections; requests still running at the deadline are stopped with an error (a stream gets
+  a final error event and `[DONE]`); the lifespan's end shuts the engine down; exit 0.
+- Engine death: vLLM marks the engine dead when its core process exits; liveness and readiness
+  read that flag and turn 503 at once. A watchdog sees it within a second, stops whatever is
+  still waiting on the engine with a clear error, gives the answers a moment to go out, kills
+  engine processes left running (a worker outlives a killed engine core), and asks the process
+  to exit non-zero so the orchestrator restarts it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from server.state import ServerState
 logger = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL_S = 0.5
+# After the engine died: time for in-flight requests' error answers to reach their clients.
+ENGINE_DEATH_GRACE_S = 2.0
 WARMUP_PROMPT = "Hello"
 
 
@@ -43,14 +49,46 @@ def resolve_model_dir(state: ServerState) -> Path:
     return prepare_default_model(settings.resolved_cache_dir())
 
 
+def engine_processes() -> list:
+    """The processes vLLM started for the engine (engine core, workers), not multiprocessing's
+    resource tracker, which ends by itself once nothing holds its pipe."""
+    import psutil  # a vLLM dependency
+
+    processes = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "resource_tracker" not in " ".join(child.cmdline()):
+                processes.append(child)
+        except psutil.Error:
+            pass
+    return processes
+
+
+def reap(processes: list) -> None:
+    """Kill engine processes still running: a worker whose engine core was killed lives on,
+    orphaned, busy, holding its memory. psutil checks each is the process it was (no pid reuse)."""
+    import psutil
+
+    alive = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            logger.warning("killing engine process %d (%s), still running", process.pid, process.name())
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
 class Lifecycle:
     def __init__(self, state: ServerState, request_exit: Callable[[int], None] | None = None) -> None:
         self.state = state
         self.request_exit = request_exit or (lambda code: None)
         self._loader: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
+        self._engine_processes: list = []
         self._stopping = False
-        self._drain_started = False
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -72,6 +110,7 @@ class Lifecycle:
         if self._stopping:
             engine.shutdown()
             return
+        self._engine_processes = await asyncio.to_thread(engine_processes)
         state.engine = engine
         state.chat = ChatService(engine, state.settings, get_format(state.settings.prompt_format))
         state.completions = CompletionService(engine, state.settings)
@@ -81,10 +120,13 @@ class Lifecycle:
             try:
                 await self._warm_up(engine)
             except Exception as error:  # noqa: BLE001
+                if self._stopping:
+                    return  # stopped by the shutdown, not a broken engine
                 logger.error("warm-up generation failed: %s", error, exc_info=error)
                 state.phase = "dead"
                 self.request_exit(1)
                 return
+        state.warmed = True
         if state.phase == "starting":
             state.phase = "ready"
             logger.info("ready: serving %s on the model at %s", state.served_name, model_dir)
@@ -111,42 +153,46 @@ class Lifecycle:
             if engine is not None and engine.dead:
                 logger.error("the inference engine died; exiting so the orchestrator restarts this server")
                 self.state.phase = "dead"
-                # In-flight requests see the engine's error and answer it; give them a moment.
-                await asyncio.sleep(1.0)
+                # Requests still waiting on the engine stop now with the engine's error.
+                self.state.drain_expired.set()
+                await asyncio.sleep(ENGINE_DEATH_GRACE_S)
+                await asyncio.to_thread(reap, self._engine_processes)
                 self.request_exit(1)
                 return
 
     # --- drain and stop ------------------------------------------------------------------
 
     def mark_draining(self) -> None:
-        """Readiness 503 from now on (safe to call from a signal handler)."""
+        """Readiness 503 from now on; requests are still served (safe in a signal handler)."""
         if self.state.phase != "dead":
             self.state.phase = "draining"
 
     def begin_drain(self) -> None:
-        """Start the drain clock: what still runs when the drain timeout passes is stopped."""
+        """Refuse new work and start the drain clock: what still runs at the deadline is stopped."""
         state = self.state
-        if self._drain_started or state.phase == "dead":
-            return
-        self._drain_started = True
         self.mark_draining()
+        if state.drain_started:
+            return
+        state.drain_started = True
         timeout = state.settings.drain_timeout
-        logger.info("draining: %.0f s for in-flight requests", timeout)
+        logger.info("draining: %.1f s for in-flight requests", timeout)
         asyncio.get_running_loop().call_later(timeout, state.drain_expired.set)
 
     async def stop(self) -> None:
         """Shut the engine down (after uvicorn has finished with the connections)."""
         self._stopping = True
         self.state.drain_expired.set()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
         if self._loader is not None and not self._loader.done():
             # A thread cannot be interrupted: wait for the load to finish, then shut it down.
             with contextlib.suppress(Exception):
                 await self._loader
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         if self.state.engine is not None:
             logger.info("shutting the engine down")
             await asyncio.to_thread(self.state.engine.shutdown)
-            self.state.engine = None
+            self.state.engine = self.state.chat = self.state.completions = None
+        # vLLM's shutdown stops its processes; make sure, so the process exits with no child left.
+        await asyncio.to_thread(reap, self._engine_processes)

@@ -6,6 +6,7 @@ streaming responses. Order (outermost first): request id + access log → API ke
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -42,12 +43,11 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _send_error(send: Send, error: APIError, request_id: str | None = None) -> None:
+async def _send_error(send: Send, error: APIError) -> None:
+    # The X-Request-Id header is added by RequestContextMiddleware, which wraps these.
     body = json.dumps(error_body(error.message, error.type, error.param, error.code)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-    if request_id:
-        headers.append((b"x-request-id", request_id.encode()))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -59,6 +59,40 @@ def route_label(path: str) -> str:
     if path.startswith(("/v1/", "/health", "/metrics", "/version")):
         return path
     return "other"
+
+
+class OutputTranscript:
+    """The text of each choice, for the access log when `--log-prompts` asks for it.
+
+    Fed either a whole response body or a stream's JSON payloads, chat or completions alike.
+    """
+
+    def __init__(self) -> None:
+        self._texts: dict[int, list[str]] = {}
+
+    def _add_choices(self, choices: list[dict], key: str) -> None:
+        for choice in choices:
+            part = choice.get(key) or {}
+            text = part.get("content") if isinstance(part, dict) else part
+            if isinstance(text, str):
+                self._texts.setdefault(int(choice.get("index", 0)), []).append(text)
+
+    def add_body(self, body: dict) -> None:
+        choices = body.get("choices") or []
+        self._add_choices(choices, "message" if body.get("object") == "chat.completion" else "text")
+
+    def add_payload(self, payload: object) -> None:
+        if not isinstance(payload, str) or not payload.startswith("{"):
+            return
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            return
+        choices = chunk.get("choices") or []
+        self._add_choices(choices, "delta" if chunk.get("object") == "chat.completion.chunk" else "text")
+
+    def texts(self) -> list[str]:
+        return ["".join(self._texts[index]) for index in sorted(self._texts)]
 
 
 class RequestContextMiddleware:
@@ -80,7 +114,8 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", request_id.encode())]}
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
             await send(message)
 
         try:
@@ -105,34 +140,42 @@ class RequestContextMiddleware:
                 )
 
 
+def _is_guarded(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
 class ApiKeyMiddleware:
-    """Guards every path under /v1/ (by prefix, so routes added later are covered too)."""
+    """Guards every path under /v1/ (by prefix, so routes added later are covered too).
+
+    Keys are compared as SHA-256 digests with `hmac.compare_digest`, against every key without
+    stopping early: the time taken depends neither on where a guess goes wrong nor on its length.
+    """
 
     def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
         self.app = app
-        self.keys = [key.encode() for key in keys]
+        self.key_digests = [hashlib.sha256(key.encode()).digest() for key in keys]
 
     def _authorized(self, scope: Scope) -> bool:
         header = _header(scope, b"authorization") or ""
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             return False
-        presented = token.strip().encode()
-        # Compare against every key without stopping early, in constant time per key.
+        presented = hashlib.sha256(token.encode("latin-1")).digest()
         matched = False
-        for key in self.keys:
-            matched |= hmac.compare_digest(presented, key)
+        for digest in self.key_digests:
+            matched |= hmac.compare_digest(presented, digest)
         return matched
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.keys and scope.get("path", "").startswith("/v1/"):
+        if scope["type"] == "http" and self.key_digests and _is_guarded(scope.get("path", "")):
             if not self._authorized(scope):
                 error = APIError(
                     401,
                     "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
                     type="authentication_error", code="invalid_api_key",
                 )
-                await _send_error(send, error, scope.get("state", {}).get("request_id"))
+                await _send_error(send, error)
                 return
         await self.app(scope, receive, send)
 
@@ -154,10 +197,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = scope.get("state", {}).get("request_id")
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_error(send, self._too_large(), request_id)
+            await _send_error(send, self._too_large())
             return
         received = 0
         response_started = False
@@ -181,7 +223,7 @@ class BodyLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except _BodyTooLarge:
             if not response_started:
-                await _send_error(send, self._too_large(), request_id)
+                await _send_error(send, self._too_large())
 
 
 class _BodyTooLarge(StarletteHTTPException):

@@ -1,31 +1,96 @@
-"""Runs uvicorn with the server's signal handling: SIGTERM/SIGINT start a drain, engine death exits non-zero."""
+"""Runs uvicorn with the server's own exit-signal handling (see `server.lifecycle`).
+
+uvicorn on SIGTERM/SIGINT stops listening at once, waits for open connections, and after its
+shutdown raises the signal again, so the process dies of it (exit status -15). Here instead:
+- readiness turns 503 the moment the signal arrives;
+- for `--shutdown-delay` seconds new requests are still accepted and served, so a load balancer
+  that polls readiness stops sending before the socket closes (0 when a preStop sleep does this);
+- then uvicorn's shutdown runs with the drain clock started: the socket closes, in-flight
+  requests get `--drain-timeout` seconds, what is left is stopped with an error, the lifespan
+  shuts the engine down;
+- the process exits 0, or 1 when the engine died or never started.
+A second SIGINT (Ctrl+C twice) still forces an immediate exit, as with plain uvicorn.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from server.app import create_app
+from server.lifecycle import Lifecycle
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Time after the drain deadline for the final error events to reach their clients.
+# Time after the drain deadline for the final error events to reach their clients, before
+# uvicorn cancels what is still running.
 FLUSH_GRACE_S = 5.0
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn, told about exit signals first so readiness turns 503 before anything closes."""
-
-    def __init__(self, config: uvicorn.Config, on_exit_signal) -> None:
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, shutdown_delay: float) -> None:
         super().__init__(config)
-        self._on_exit_signal = on_exit_signal
+        self.lifecycle = lifecycle
+        self.shutdown_delay = shutdown_delay
+        self._exit_signalled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def handle_exit(self, sig, frame) -> None:  # noqa: ANN001 - signal handler signature
-        self._on_exit_signal()
-        super().handle_exit(sig, frame)
+    async def startup(self, sockets=None) -> None:  # noqa: ANN001 - uvicorn's signature
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: flip flags only; everything else runs on the event loop. Unlike
+        # uvicorn's, it does not record the signal, so it is not raised again after shutdown.
+        if self._exit_signalled:
+            if sig == signal.SIGINT:
+                self.force_exit = True
+            self._call_on_loop(self.stop_serving)
+            return
+        self._exit_signalled = True
+        self.lifecycle.mark_draining()
+        self._call_on_loop(self._after_exit_signal)
+
+    def _call_on_loop(self, callback) -> None:  # noqa: ANN001
+        if self._loop is None or self._loop.is_closed():
+            self.should_exit = True
+            return
+        self._loop.call_soon_threadsafe(callback)
+
+    def _after_exit_signal(self) -> None:
+        if self.shutdown_delay > 0:
+            logger.info(
+                "exit signal: readiness 503; still serving for %.1f s before the drain", self.shutdown_delay
+            )
+            asyncio.get_running_loop().call_later(self.shutdown_delay, self.stop_serving)
+        else:
+            self.stop_serving()
+
+    def stop_serving(self) -> None:
+        """Close the listening socket and start the drain clock (idempotent)."""
+        self.lifecycle.begin_drain()
+        self.should_exit = True
+
+
+def uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        # Longer than load balancers' idle timeouts (60 s on most), so the balancer, not the
+        # server, closes idle connections and never sends on a socket the server just closed.
+        timeout_keep_alive=settings.keep_alive_timeout,
+        timeout_graceful_shutdown=settings.drain_timeout + FLUSH_GRACE_S,
+        access_log=False,  # the server writes its own structured access log
+        log_config=None,
+        lifespan="on",
+    )
 
 
 def run(settings: Settings) -> int:
@@ -38,32 +103,11 @@ def run(settings: Settings) -> int:
             server.should_exit = True
 
     app = create_app(settings, request_exit=request_exit)
-    lifecycle = app.state.lifecycle
-
-    def on_exit_signal() -> None:
-        # Runs in the signal handler: flag readiness now, start the drain clock on the loop.
-        lifecycle.mark_draining()
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        loop.call_soon_threadsafe(lifecycle.begin_drain)
-
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        timeout_keep_alive=int(settings.keep_alive_timeout),
-        timeout_graceful_shutdown=int(settings.drain_timeout + FLUSH_GRACE_S),
-        access_log=False,  # the server writes its own structured access log
-        log_config=None,
-        lifespan="on",
-    )
-    server = DrainingServer(config, on_exit_signal)
+    lifecycle: Lifecycle = app.state.lifecycle
+    server = DrainingServer(uvicorn_config(settings, app), lifecycle, settings.shutdown_delay)
     logger.info("listening on http://%s:%d", settings.host, settings.port)
     server.run()
-    state = app.state.server
-    if state.phase == "dead":
+    if app.state.server.phase == "dead":
         exit_code["value"] = max(exit_code["value"], 1)
     logger.info("stopped (exit code %d)", exit_code["value"])
     return exit_code["value"]

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(
         45.0, ge=0, description="Seconds in-flight requests get after SIGTERM."
     )
+    shutdown_delay: float = Field(
+        0.0, ge=0,
+        description="Seconds after SIGTERM/SIGINT that the server still accepts and serves new "
+        "requests with readiness 503, so a load balancer polling readiness stops sending first; "
+        "then it stops listening and the drain starts (0 when a preStop sleep does this).",
+    )
     warmup: bool = Field(True, description="Run one short generation before reporting ready.")
     log_prompts: bool = Field(False, description="Log prompt and output text.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -2,7 +2,11 @@
 
 Phases: `starting` (HTTP listens, engine loading or warming) → `ready` → `draining` (SIGTERM
 seen) → stopped; or `dead` at any point when the engine dies. Readiness is `ready` only; liveness
-is anything but `dead`.
+is anything but `dead` (and an engine that has not errored).
+
+Draining has two steps. From the signal on, readiness is 503 but new requests are still served
+(during `--shutdown-delay`, a load balancer may still send some). Once the drain itself starts
+(the listening socket closes and the drain clock runs), new generation work gets 503.
 """
 
 from __future__ import annotations
@@ -35,16 +39,25 @@ class ServerState:
     admission: "AdmissionGate | None" = None
     startup_error: str | None = None
     started_at: float = field(default_factory=time.time)
-    # Set when the drain deadline passes: requests still running are stopped then.
+    # True once the warm-up generation succeeded (or was skipped): the engine can serve.
+    warmed: bool = False
+    # True once the drain proper has started: no new generation work is taken.
+    drain_started: bool = False
+    # Set when the drain deadline passes (or the engine died): requests still running stop.
     drain_expired: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
+    def engine_dead(self) -> bool:
+        return self.phase == "dead" or (self.engine is not None and self.engine.dead)
+
+    @property
     def live(self) -> bool:
-        return self.phase != "dead"
+        # The engine's own flag, not only the watchdog's phase: 503 the moment vLLM knows.
+        return not self.engine_dead
 
     @property
     def ready(self) -> bool:
-        return self.phase == "ready" and self.engine is not None and not self.engine.dead
+        return self.phase == "ready" and self.warmed and not self.engine_dead
 
     def model_names(self) -> tuple[str, ...]:
         return (self.served_name, *self.settings.model_aliases)
@@ -55,11 +68,11 @@ class ServerState:
 
     def require_serving(self) -> None:
         """Refuse generation work unless the engine is up and the server is not stopping."""
-        if self.phase == "dead" or (self.engine is not None and self.engine.dead):
+        if self.engine_dead:
             raise unavailable("The inference engine stopped; the server is restarting.")
-        if self.phase == "draining":
+        if self.drain_started:
             raise unavailable("The server is shutting down; retry on another replica.", retry_after=1)
-        if self.phase != "ready" or self.engine is None:
+        if self.phase not in ("ready", "draining") or not self.warmed or self.engine is None:
             raise unavailable("The model is still loading; retry shortly.", retry_after=5)
 
 

@@ -1,0 +1,394 @@
+"""Where clients and load balancers meet the server: start-up probes, API keys, admission,
+keep-alive comments, the request timeout and `--log-prompts`.
+
+One real server (embedded default model) with every guard on, watched from its first second:
+API keys from the environment and from a key file, `--max-inflight 4`, `--sse-ping-seconds
+0.2`, `--request-timeout 12`, `--log-prompts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import openai
+import pytest
+
+from tests.support.load import metric_value, parse_sse_line, wait_for_metric
+from tests.support.server import START_TIMEOUT_S, RunningServer, launch_server, stop_server
+
+pytestmark = pytest.mark.engine
+
+ENV_KEY = "sk-ops-env-0123456789"
+FILE_KEY = "sk-ops-file-9876543210"
+BOUND = 4
+REQUEST_TIMEOUT_S = 12.0
+WARMED_LOG_LINE = "warm-up generation took"
+
+
+@dataclass
+class Probe:
+    at: float
+    live: int | str  # a status, or "refused" before the socket listens
+    ready: int | str
+    ready_body: dict | None
+    warmed_in_log: bool  # read after the probe answered
+
+
+@dataclass
+class StartupTimeline:
+    probes: list[Probe] = field(default_factory=list)
+
+    def first_ready(self) -> Probe:
+        return next(p for p in self.probes if p.ready == 200)
+
+
+def _status(client: httpx.Client, path: str) -> tuple[int | str, dict | None]:
+    try:
+        response = client.get(path)
+    except httpx.TransportError:
+        return "refused", None
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, None
+
+
+def watch_startup(server: RunningServer) -> StartupTimeline:
+    """Probe live and ready every 50 ms from launch until ready (bounded by the start budget)."""
+    timeline = StartupTimeline()
+    started = time.monotonic()
+    with httpx.Client(base_url=server.base_url, timeout=2) as client:
+        while time.monotonic() - started < START_TIMEOUT_S:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"server exited during start-up:\n{server.log_text()[-6000:]}")
+            live, _ = _status(client, "/health/live")
+            ready, body = _status(client, "/health/ready")
+            probe = Probe(time.monotonic() - started, live, ready, body, WARMED_LOG_LINE in server.log_text())
+            timeline.probes.append(probe)
+            if ready == 200:
+                return timeline
+            time.sleep(0.05)
+    raise TimeoutError(f"not ready in {START_TIMEOUT_S:.0f} s:\n{server.log_text()[-6000:]}")
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory) -> tuple[RunningServer, StartupTimeline]:
+    key_file = tmp_path_factory.mktemp("keys") / "api-keys"
+    key_file.write_text(f"# one key per line\n\n{FILE_KEY}\n")
+    server = launch_server(
+        "--max-inflight", str(BOUND),
+        "--sse-ping-seconds", "0.2",
+        "--request-timeout", str(REQUEST_TIMEOUT_S),
+        "--log-prompts",
+        "--api-key-file", str(key_file),
+        api_key=ENV_KEY,
+        wait_ready=False,
+    )
+    try:
+        timeline = watch_startup(server)
+        yield server, timeline
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def server(guarded) -> RunningServer:
+    return guarded[0]
+
+
+@pytest.fixture(scope="module")
+def model(server) -> str:
+    return httpx.get(server.openai_base_url + "/models", headers=server.headers(), timeout=10).json()["data"][0]["id"]
+
+
+def _chat(model: str, content: str, **extra) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def _access_log(server: RunningServer, request_id: str) -> dict:
+    for line in server.log_text().splitlines():
+        if "airoboros.access" in line and f'"request_id": "{request_id}"' in line:
+            return json.loads(line[line.index("{"):])
+    raise AssertionError(f"no access-log line for {request_id}")
+
+
+# --- start-up ---------------------------------------------------------------------------------
+
+
+def test_live_answers_200_as_soon_as_http_listens(guarded):
+    _, timeline = guarded
+    answered = [p for p in timeline.probes if p.live != "refused"]
+    assert answered, "the server never answered a liveness probe"
+    assert all(p.live == 200 for p in answered), [p.live for p in answered]
+    # Liveness answered while the model was still loading, long before readiness.
+    assert answered[0].ready != 200
+    assert timeline.first_ready().at - answered[0].at > 1.0
+
+
+def test_ready_is_503_until_the_warm_up_generation_succeeded(guarded):
+    _, timeline = guarded
+    before = timeline.probes[: timeline.probes.index(timeline.first_ready())]
+    assert before, "the first probe was already ready: start-up was not observed"
+    assert {p.ready for p in before} <= {503, "refused"}
+    assert any(p.ready == 503 and p.ready_body == {"status": "starting"} for p in before)
+    assert timeline.first_ready().warmed_in_log, "ready before the warm-up generation finished"
+
+
+def test_health_alias_answers_like_live(server):
+    live = httpx.get(server.base_url + "/health/live", timeout=5)
+    alias = httpx.get(server.base_url + "/health", timeout=5)
+    assert (alias.status_code, alias.json()) == (live.status_code, live.json()) == (200, {"status": "ready"})
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+def v1_routes() -> list[tuple[str, str]]:
+    """Every /v1 route the application declares, path parameters filled in."""
+    from prometheus_client import CollectorRegistry
+
+    from server.app import create_app
+    from server.metrics import Metrics
+    from server.settings import Settings
+
+    app = create_app(Settings(), metrics=Metrics(CollectorRegistry()))
+    routes = []
+    for route in app.routes:
+        path = getattr(route, "path", "")
+        if path == "/v1" or path.startswith("/v1/"):
+            for method in sorted(getattr(route, "methods", None) or ()):
+                if method != "HEAD":
+                    routes.append((method, re.sub(r"\{[^}]*\}", "some-model", path)))
+    return routes
+
+
+BAD_CREDENTIALS = {
+    "missing": {},
+    "malformed: basic scheme": {"Authorization": "Basic c2stb3BzOnNlY3JldA=="},
+    "malformed: bearer without key": {"Authorization": "Bearer"},
+    "malformed: key then junk": {"Authorization": f"Bearer {ENV_KEY} junk"},
+    "malformed: key without scheme": {"Authorization": ENV_KEY},
+    "malformed: other scheme": {"Authorization": f"Token {ENV_KEY}"},
+    "wrong key": {"Authorization": "Bearer sk-wrong-key"},
+    "key with a suffix": {"Authorization": f"Bearer {ENV_KEY}x"},
+    "key prefix": {"Authorization": f"Bearer {ENV_KEY[:-1]}"},
+}
+
+
+def _call(server: RunningServer, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
+    body = {"json": {}} if method == "POST" else {}
+    return httpx.request(method, server.base_url + path, headers=headers, timeout=10, **body)
+
+
+def test_route_list_is_derived_from_the_app():
+    paths = {path for _, path in v1_routes()}
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/some-model", "/v1/chat/render"} <= paths
+
+
+def test_every_v1_route_answers_401_without_a_valid_key(server):
+    failures = []
+    for method, path in v1_routes():
+        for case, headers in BAD_CREDENTIALS.items():
+            response = _call(server, method, path, headers)
+            error = response.json().get("error", {}) if response.headers.get("content-type", "").startswith("application/json") else {}
+            if (
+                response.status_code != 401
+                or error.get("type") != "authentication_error"
+                or error.get("code") != "invalid_api_key"
+                or set(error) != {"message", "type", "param", "code"}
+                or not response.headers.get("x-request-id")
+            ):
+                failures.append(f"{method} {path} [{case}] -> {response.status_code} {response.text[:120]}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("key", [ENV_KEY, FILE_KEY], ids=["environment key", "key-file key"])
+def test_every_v1_route_accepts_a_right_key(server, key):
+    for method, path in v1_routes():
+        response = _call(server, method, path, {"Authorization": f"Bearer {key}"})
+        assert response.status_code != 401, f"{method} {path}: {response.text[:200]}"
+
+
+def test_unknown_v1_paths_are_guarded_too(server):
+    assert httpx.get(server.base_url + "/v1/not-a-route", timeout=5).status_code == 401
+    with_key = httpx.get(server.base_url + "/v1/not-a-route", headers=server.headers(), timeout=5)
+    assert with_key.status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/health", "/health/live", "/health/ready", "/metrics", "/version"])
+def test_health_metrics_and_version_need_no_key(server, path):
+    assert httpx.get(server.base_url + path, timeout=5).status_code == 200
+
+
+# --- admission --------------------------------------------------------------------------------
+
+
+async def _admission_burst(server: RunningServer, model: str) -> dict:
+    # Completions: no format stop string (USER:) can end a holder early and free its slot.
+    body = {"model": model, "prompt": "A poem about the sea:", "max_tokens": 96, "ignore_eos": True, "stream": True}
+    outcome: dict = {"answers": [], "probes": [], "sdk_error": None, "in_flight_when_full": None}
+    statuses_known = asyncio.Event()
+    known = {"count": 0}
+    stop_probing = asyncio.Event()
+
+    async def one(client: httpx.AsyncClient) -> None:
+        async with client.stream("POST", "/v1/completions", json=body) as response:
+            answer = {"status": response.status_code, "retry_after": response.headers.get("retry-after")}
+            known["count"] += 1
+            if known["count"] == 2 * BOUND:
+                statuses_known.set()
+            if response.status_code == 200:
+                lines = [line async for line in response.aiter_lines()]
+                answer["done"] = "data: [DONE]" in lines
+                answer["errors"] = [line for line in lines if line.startswith('data: {"error"')]
+            else:
+                answer["body"] = json.loads(await response.aread())
+        outcome["answers"].append(answer)
+
+    async def probe(client: httpx.AsyncClient) -> None:
+        while not stop_probing.is_set():
+            for path in ("/health/live", "/health/ready", "/metrics"):
+                outcome["probes"].append((path, (await client.get(path)).status_code))
+            await asyncio.sleep(0.05)
+
+    async def sdk_call_while_full() -> None:
+        await statuses_known.wait()
+        metrics = httpx.get(server.base_url + "/metrics", timeout=5).text
+        outcome["in_flight_when_full"] = metric_value(metrics, "airoboros_requests_in_flight")
+        sdk = openai.AsyncOpenAI(base_url=server.openai_base_url, api_key=ENV_KEY, max_retries=0)
+        try:
+            await sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+        except openai.RateLimitError as error:
+            outcome["sdk_error"] = error
+        finally:
+            await sdk.close()
+
+    limits = httpx.Limits(max_connections=4 * BOUND)
+    async with httpx.AsyncClient(base_url=server.base_url, headers=server.headers(), timeout=60, limits=limits) as client:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as probes:
+            prober = asyncio.create_task(probe(probes))
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*(one(client) for _ in range(2 * BOUND)), sdk_call_while_full()), 90
+                )
+            finally:
+                stop_probing.set()
+                await prober
+    return outcome
+
+
+def test_admission_lets_exactly_the_bound_in_and_429s_the_rest(server, model):
+    outcome = asyncio.run(_admission_burst(server, model))
+    answers = outcome["answers"]
+    admitted = [a for a in answers if a["status"] == 200]
+    refused = [a for a in answers if a["status"] == 429]
+    assert (len(admitted), len(refused)) == (BOUND, BOUND), [a["status"] for a in answers]
+    assert all(a["done"] and not a["errors"] for a in admitted), admitted
+    for answer in refused:
+        assert int(answer["retry_after"]) >= 1
+        assert answer["body"]["error"]["type"] == "rate_limit_error"
+        assert answer["body"]["error"]["code"] == "server_busy"
+    assert outcome["in_flight_when_full"] == BOUND
+    assert isinstance(outcome["sdk_error"], openai.RateLimitError), outcome
+    assert int(outcome["sdk_error"].response.headers["retry-after"]) >= 1
+    # Health and metrics were never throttled, before, during or after the burst.
+    assert outcome["probes"] and {status for _, status in outcome["probes"]} == {200}
+    assert metric_value(httpx.get(server.base_url + "/metrics").text, "airoboros_requests_rejected_total") >= BOUND + 1
+
+
+# --- keep-alive comments ----------------------------------------------------------------------
+
+
+def test_keepalive_comments_flow_while_the_first_token_is_delayed(server, model):
+    # A long prompt: its prefill on CPU takes seconds, with no token to send meanwhile.
+    prompt = " ".join(f"word{i % 97}" for i in range(1000))
+    body = _chat(model, prompt, max_tokens=2, stream=True)
+    events = []
+    with httpx.stream("POST", server.openai_base_url + "/chat/completions", json=body,
+                      headers=server.headers(), timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            event = parse_sse_line(line)
+            if event is not None:
+                events.append(event)
+    role = next(i for i, e in enumerate(events) if e.data and '"role":"assistant"' in e.data)
+    first_token = next(i for i, e in enumerate(events) if e.content)
+    comments = [e for e in events[role:first_token] if e.comment is not None]
+    assert events[0].comment == "keep-alive", "a comment goes out at once"
+    assert len(comments) >= 2, f"{len(comments)} comments in {events[first_token].at - events[role].at:.2f} s"
+    assert {e.comment for e in comments} == {"keep-alive"}
+    assert events[-1].is_done
+
+
+# --- request timeout --------------------------------------------------------------------------
+
+
+async def _run_past_the_timeout(server: RunningServer, model: str) -> tuple:
+    body = {"model": model, "prompt": "Once upon a time", "max_tokens": 4000, "ignore_eos": True}
+    async with httpx.AsyncClient(base_url=server.openai_base_url, headers=server.headers(), timeout=60) as client:
+
+        async def non_stream():
+            started = time.monotonic()
+            response = await client.post("/completions", json=body)
+            return response, time.monotonic() - started
+
+        async def stream():
+            started = time.monotonic()
+            async with client.stream("POST", "/completions", json={**body, "stream": True}) as response:
+                events = [e async for e in _events(response)]
+            return events, time.monotonic() - started
+
+        return await asyncio.gather(non_stream(), stream())
+
+
+async def _events(response: httpx.Response):
+    async for line in response.aiter_lines():
+        event = parse_sse_line(line)
+        if event is not None:
+            yield event
+
+
+def test_requests_past_the_request_timeout_are_stopped_with_a_clear_error(server, model):
+    (response, plain_s), (events, stream_s) = asyncio.run(_run_past_the_timeout(server, model))
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "server_error"
+    assert response.json()["error"]["code"] == "timeout"
+    assert "timed out" in response.json()["error"]["message"]
+    assert events[-1].is_done and events[-2].is_error
+    assert events[-2].json()["error"]["code"] == "timeout"
+    assert any(e.content for e in events), "the stream generated before it was stopped"
+    for seconds in (plain_s, stream_s):
+        assert REQUEST_TIMEOUT_S <= seconds < REQUEST_TIMEOUT_S + 10
+    # Both engine requests were aborted, not left generating their 4000 tokens.
+    met, value, _ = wait_for_metric(server.base_url, "vllm:num_requests_running", lambda v: v == 0, timeout=2)
+    assert met, f"{value} engine requests still running"
+
+
+# --- prompt logging ---------------------------------------------------------------------------
+
+
+def test_log_prompts_puts_prompt_and_output_in_the_access_log(server, model):
+    marker = "zebra-quartz-17"
+    plain = httpx.post(
+        server.openai_base_url + "/chat/completions",
+        json=_chat(model, f"Repeat: {marker}", max_tokens=8, temperature=0),
+        headers={**server.headers(), "X-Request-Id": "log-prompts-plain"}, timeout=60,
+    )
+    with httpx.stream(
+        "POST", server.openai_base_url + "/completions",
+        json={"model": model, "prompt": f"The code is {marker}.", "max_tokens": 8, "stream": True},
+        headers={**server.headers(), "X-Request-Id": "log-prompts-stream"}, timeout=60,
+    ) as response:
+        streamed = "".join(e.content for line in response.iter_lines() if (e := parse_sse_line(line)))
+    time.sleep(0.2)  # the access-log line is written as the exchange ends
+    chat_line = _access_log(server, "log-prompts-plain")
+    assert marker in chat_line["prompt"]
+    assert chat_line["output"] == [plain.json()["choices"][0]["message"]["content"]]
+    stream_line = _access_log(server, "log-prompts-stream")
+    assert stream_line["prompt"] == [f"The code is {marker}."]
+    assert stream_line["output"] == [streamed]

@@ -1,0 +1,308 @@
+"""One request's life as operations see it, on the shared default server: aborted when its
+client leaves, refused when its body is too large, traced by its X-Request-Id, counted in
+/metrics, carried on a keep-alive connection that outlives a load balancer's idle timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.support.load import metric_families, metric_value, parse_sse_line, scrape, wait_for_metric
+
+engine = pytest.mark.engine
+
+# Completions, not chat: no format stop string (USER:) can end these generations early.
+LONG = {"prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": True}
+
+
+def _chat(model: str, content: str = "Tell me a long story.", **extra) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def _access_log(server, request_id: str) -> dict:
+    for line in server.log_text().splitlines():
+        if "airoboros.access" in line and f'"request_id": "{request_id}"' in line:
+            return json.loads(line[line.index("{"):])
+    raise AssertionError(f"no access-log line for {request_id}")
+
+
+def _aborted(base_url: str) -> float:
+    return metric_value(scrape(base_url), "airoboros_requests_aborted_total", reason="disconnect")
+
+
+def _wait_running(base_url: str, timeout: float = 60) -> None:
+    met, value, _ = wait_for_metric(base_url, "vllm:num_requests_running", lambda v: v >= 1, timeout=timeout)
+    assert met, "the request never started running in the engine"
+
+
+def _assert_engine_idle_within_a_second(base_url: str) -> None:
+    met, value, waited = wait_for_metric(base_url, "vllm:num_requests_running", lambda v: v == 0, timeout=1.0)
+    assert met, f"{value} engine requests still running {waited:.2f} s after the client left"
+
+
+def _assert_abort_counted(base_url: str, before: float) -> None:
+    met, value, _ = wait_for_metric(
+        base_url, "airoboros_requests_aborted_total", lambda v: v == before + 1, timeout=2, reason="disconnect"
+    )
+    assert met, f"aborted{{reason=disconnect}} went from {before} to {value}"
+
+
+# --- client disconnect ------------------------------------------------------------------------
+
+
+@engine
+def test_closing_a_stream_aborts_its_engine_request(default_server, default_model_name):
+    base = default_server.base_url
+    before = _aborted(base)
+    body = {"model": default_model_name, "stream": True, **LONG}
+    with httpx.stream("POST", base + "/v1/completions", json=body,
+                      headers={"X-Request-Id": "ops-leave-stream"}, timeout=60) as response:
+        # Keep the line iterator referenced: a dropped one would close the connection now.
+        lines = response.iter_lines()
+        for line in lines:
+            event = parse_sse_line(line)
+            if event is not None and event.content:
+                break
+        _wait_running(base)
+    # Leaving the block closed the connection mid-stream.
+    _assert_engine_idle_within_a_second(base)
+    _assert_abort_counted(base, before)
+    assert _access_log(default_server, "ops-leave-stream")["aborted"] == "disconnect"
+
+
+@engine
+def test_dropping_a_non_streaming_request_aborts_its_engine_request(default_server, default_model_name):
+    base = default_server.base_url
+    before = _aborted(base)
+
+    async def leave_while_generating() -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            request = asyncio.create_task(
+                client.post("/v1/completions", json={"model": default_model_name, **LONG},
+                            headers={"X-Request-Id": "ops-leave-plain"})
+            )
+            await asyncio.to_thread(_wait_running, base)
+            request.cancel()  # httpx drops the connection of a cancelled request
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+
+    asyncio.run(leave_while_generating())
+    _assert_engine_idle_within_a_second(base)
+    _assert_abort_counted(base, before)
+    line = _access_log(default_server, "ops-leave-plain")
+    assert (line["status"], line["aborted"]) == (499, "disconnect")
+
+
+# --- body size limit --------------------------------------------------------------------------
+
+LIMIT = 4 * 1024 * 1024  # the default --max-body-bytes
+
+
+def _raw_exchange(port: int, request: bytes, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        return _read_response(sock)
+
+
+def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed after {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = (headers.get(name.strip().lower(), "") + "," + value.strip()).lstrip(",")
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return status, headers, body
+
+
+def _assert_too_large(status: int, body: bytes) -> None:
+    assert status == 413
+    error = json.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "request_too_large")
+
+
+@engine
+def test_a_declared_content_length_over_the_limit_is_413_before_the_body_is_read(default_server):
+    # Headers only: the server answers without waiting for a single byte of the body.
+    request = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {1024 ** 3}\r\nX-Request-Id: ops-too-large\r\n\r\n"
+    ).encode()
+    status, headers, body = _raw_exchange(default_server.port, request)
+    _assert_too_large(status, body)
+    assert headers["x-request-id"] == "ops-too-large"  # once, not repeated
+
+
+@engine
+def test_a_chunked_body_over_the_limit_is_413_counted_while_reading(default_server, default_model_name):
+    payload = json.dumps(_chat(default_model_name, "x" * (LIMIT + 256 * 1024))).encode()
+
+    def chunks():
+        for start in range(0, len(payload), 64 * 1024):
+            yield payload[start:start + 64 * 1024]
+
+    response = httpx.post(default_server.base_url + "/v1/chat/completions", content=chunks(),
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert "content-length" not in response.request.headers
+    _assert_too_large(response.status_code, response.content)
+
+
+@engine
+def test_a_body_under_the_limit_is_not_refused(default_server, default_model_name):
+    body = _chat(default_model_name, "hello " * 10, max_tokens=1)
+    response = httpx.post(default_server.base_url + "/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 200
+
+
+# --- request ids ------------------------------------------------------------------------------
+
+
+@engine
+def test_a_safe_request_id_is_echoed_and_names_the_completion(default_server, default_model_name):
+    request_id = "ops-trace_1.2:3"
+    response = httpx.post(default_server.base_url + "/v1/chat/completions",
+                          json=_chat(default_model_name, "Say hi.", max_tokens=2),
+                          headers={"X-Request-Id": request_id}, timeout=60)
+    assert response.headers["x-request-id"] == request_id
+    assert response.json()["id"] == f"chatcmpl-{request_id}"
+    with httpx.stream("POST", default_server.base_url + "/v1/completions",
+                      json={"model": default_model_name, "prompt": "Hi", "max_tokens": 2, "stream": True},
+                      headers={"X-Request-Id": request_id}, timeout=60) as stream:
+        ids = {e.json()["id"] for line in stream.iter_lines()
+               if (e := parse_sse_line(line)) and e.data and not e.is_done}
+    assert stream.headers["x-request-id"] == request_id
+    assert ids == {f"cmpl-{request_id}"}
+
+
+@engine
+def test_a_long_request_id_is_cut_to_128_characters(default_server):
+    sent = "a1" * 300
+    echoed = httpx.get(default_server.base_url + "/v1/models", headers={"X-Request-Id": sent}, timeout=10).headers["x-request-id"]
+    assert echoed == sent[:128]
+
+
+@engine
+def test_unsafe_characters_are_removed_from_a_request_id(default_server):
+    echoed = httpx.get(default_server.base_url + "/v1/models",
+                       headers={"X-Request-Id": 'evil id<script>"\\/;%'}, timeout=10).headers["x-request-id"]
+    assert echoed == "evilidscript"
+
+
+@engine
+def test_a_request_id_is_made_when_none_or_nothing_safe_is_sent(default_server):
+    made = [
+        httpx.get(default_server.base_url + "/v1/models", headers=headers, timeout=10).headers["x-request-id"]
+        for headers in ({}, {}, {"X-Request-Id": "<>"})
+    ]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in made), made
+    assert len(set(made)) == 3
+
+
+@engine
+def test_error_responses_carry_the_request_id(default_server):
+    base = default_server.base_url
+    not_found = httpx.get(base + "/nowhere", headers={"X-Request-Id": "ops-err-404"}, timeout=10)
+    bad_json = httpx.post(base + "/v1/chat/completions", content=b"{", headers={"X-Request-Id": "ops-err-400",
+                          "Content-Type": "application/json"}, timeout=10)
+    assert (not_found.status_code, not_found.headers["x-request-id"]) == (404, "ops-err-404")
+    assert (bad_json.status_code, bad_json.headers["x-request-id"]) == (400, "ops-err-400")
+
+
+@engine
+def test_the_access_log_has_one_json_line_per_request_without_prompt_or_output(default_server, default_model_name):
+    marker = "walrus-kettle-42"
+    response = httpx.post(default_server.base_url + "/v1/chat/completions",
+                          json=_chat(default_model_name, f"Repeat {marker}", max_tokens=6, temperature=0),
+                          headers={"X-Request-Id": "ops-access-log"}, timeout=60)
+    time.sleep(0.2)
+    lines = [line for line in default_server.log_text().splitlines() if '"request_id": "ops-access-log"' in line]
+    assert len(lines) == 1
+    entry = _access_log(default_server, "ops-access-log")
+    assert entry["status"] == 200 and entry["path"] == "/v1/chat/completions"
+    assert entry["completion_tokens"] == response.json()["usage"]["completion_tokens"]
+    assert entry["prompt_tokens"] == response.json()["usage"]["prompt_tokens"]
+    assert entry["finish_reasons"] and entry["latency_s"] > 0 and entry["ttft_s"] is not None
+    assert "prompt" not in entry and "output" not in entry
+    assert marker not in default_server.log_text()
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+CONTRACT_FAMILIES = {
+    "airoboros_requests_total",  # by route and status
+    "airoboros_finish_reasons_total",  # by route and finish reason
+    "airoboros_stop_reasons_total",  # eos, </s>, USER:, client stop, length
+    "airoboros_request_latency_seconds",
+    "airoboros_time_to_first_token_seconds",
+    "airoboros_time_per_output_token_seconds",
+    "airoboros_prompt_tokens_total",
+    "airoboros_completion_tokens_total",
+    "airoboros_requests_in_flight",
+    "airoboros_requests_rejected_total",
+    "airoboros_requests_aborted_total",
+    "airoboros_history_messages_dropped_total",
+}
+VLLM_SERIES = {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"}
+
+
+@engine
+def test_metrics_show_the_contract_beside_vllm_series(default_server, default_model_name):
+    base = default_server.base_url
+    response = httpx.post(base + "/v1/chat/completions", json=_chat(default_model_name, "Hi", max_tokens=3), timeout=60)
+    assert response.status_code == 200
+    text = scrape(base)
+    assert CONTRACT_FAMILIES <= metric_families(text), CONTRACT_FAMILIES - metric_families(text)
+    assert VLLM_SERIES <= metric_families(text), VLLM_SERIES - metric_families(text)
+    route = "/v1/chat/completions"
+    assert metric_value(text, "airoboros_requests_total", route=route, status="200") >= 1
+    assert metric_value(text, "airoboros_finish_reasons_total", route=route, finish_reason="length") >= 1
+    assert metric_value(text, "airoboros_stop_reasons_total", reason="length") >= 1
+    assert metric_value(text, "airoboros_request_latency_seconds_count", route=route) >= 1
+    assert metric_value(text, "airoboros_time_to_first_token_seconds_count", route=route) >= 1
+    assert metric_value(text, "airoboros_completion_tokens_total", route=route) >= 3
+
+
+# --- HTTP keep-alive --------------------------------------------------------------------------
+
+
+def test_keep_alive_timeout_defaults_above_load_balancer_idle_timeouts():
+    from server.runner import FLUSH_GRACE_S, uvicorn_config
+    from server.settings import Settings
+
+    settings = Settings()
+    config = uvicorn_config(settings, app=None)
+    assert settings.keep_alive_timeout == 75
+    assert config.timeout_keep_alive == 75  # AWS ALB and GCP default idle: 60 s; nginx upstream: 60 s
+    assert config.timeout_graceful_shutdown == settings.drain_timeout + FLUSH_GRACE_S
+
+
+@engine
+def test_an_idle_connection_outlives_uvicorns_own_5_s_keep_alive(default_server):
+    request = b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", default_server.port), timeout=10) as sock:
+        sock.sendall(request)
+        assert _read_response(sock)[0] == 200
+        time.sleep(6.5)
+        sock.sendall(request)
+        assert _read_response(sock)[0] == 200
