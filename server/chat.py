@@ -177,7 +177,8 @@ class ChatService:
             yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
         # After a prefill the output continues the client's text: its leading space is content.
         shapers = [self.format.output_shaper(continuation=request.continue_final_message) for _ in range(request.n)]
-        completion_tokens = 0
+        # Counted as tokens arrive, so a client that leaves mid-stream is still accounted for.
+        outcome.record_tokens(len(prepared.token_ids), 0)
         try:
             async for output in run_generation(
                 self.engine, prepared.token_ids, prepared.fitted.prompt, prepared.params, request_id,
@@ -189,7 +190,7 @@ class ChatService:
                     continue
                 outcome.mark_first_token()
                 for completion in output.outputs:
-                    completion_tokens += len(completion.token_ids)
+                    outcome.completion_tokens += len(completion.token_ids)
                     shaper = shapers[completion.index]
                     text = shaper.feed(completion.text)
                     finish_reason = completion.finish_reason
@@ -206,10 +207,8 @@ class ChatService:
                     if finish_reason is not None:
                         choice["stop_reason"] = completion.stop_reason
                     yield chunk([choice])
-            outcome.record_tokens(len(prepared.token_ids), completion_tokens)
             if request.stream_options is not None and request.stream_options.include_usage:
                 yield chunk([], outcome.usage())
         except Exception as error:  # noqa: BLE001 - every failure becomes the stream's last event
-            outcome.record_tokens(len(prepared.token_ids), completion_tokens)
             yield ErrorEvent.from_exception(error)
         yield DONE

@@ -99,8 +99,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(prepare_default_model(settings.resolved_cache_dir()))
         return 0
-    if settings.api_key_file is not None and not settings.api_key_file.is_file():
-        raise SystemExit(f"airoboros-server: API key file {settings.api_key_file} does not exist")
+    if settings.api_key_file is not None:
+        if not settings.api_key_file.is_file():
+            raise SystemExit(f"airoboros-server: API key file {settings.api_key_file} does not exist")
+        # An empty key file would silently turn authentication off: refuse it instead.
+        if not settings.load_api_keys():
+            raise SystemExit(f"airoboros-server: API key file {settings.api_key_file} holds no key")
     from server.runner import run
 
     return run(settings)

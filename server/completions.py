@@ -132,7 +132,8 @@ class CompletionService:
             "model": self.engine.info.served_name,
         }
         queue: asyncio.Queue = asyncio.Queue()
-        tokens = {"completion": 0}
+        # Counted as tokens arrive, so a client that leaves mid-stream is still accounted for.
+        outcome.record_tokens(sum(len(p.token_ids) for p in prompts), 0)
 
         async def pump(position: int, prompt: PreparedPrompt) -> None:
             collectors: dict[int, CompletionLogprobs] = {}
@@ -147,7 +148,7 @@ class CompletionService:
                     continue
                 outcome.mark_first_token()
                 for completion in output.outputs:
-                    tokens["completion"] += len(completion.token_ids)
+                    outcome.completion_tokens += len(completion.token_ids)
                     text = completion.text
                     collector = collectors.setdefault(completion.index, self._logprobs(request))
                     if request.echo and completion.index not in echoed:
@@ -185,7 +186,6 @@ class CompletionService:
             while True:
                 payload = await queue.get()
                 if payload is DONE:
-                    outcome.record_tokens(sum(len(p.token_ids) for p in prompts), tokens["completion"])
                     if request.stream_options is not None and request.stream_options.include_usage:
                         yield dumps({**head, "choices": [], "usage": outcome.usage()})
                     yield DONE

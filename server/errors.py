@@ -113,8 +113,7 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         elif exc.status_code == 413:
             error = APIError(
-                413, "Request body is larger than this server accepts.",
-                type="invalid_request_error", code="request_too_large",
+                413, str(exc.detail), type="invalid_request_error", code="request_too_large",
             )
         else:
             error = APIError(exc.status_code, str(exc.detail), type="invalid_request_error")

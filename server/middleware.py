@@ -210,7 +210,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge()
+                    raise _BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -229,5 +229,5 @@ class BodyLimitMiddleware:
 class _BodyTooLarge(StarletteHTTPException):
     # An HTTPException, because FastAPI turns any other error raised while it reads the
     # body into a 400 "error parsing the body"; this one reaches the 413 handler intact.
-    def __init__(self) -> None:
-        super().__init__(413, "Request body is too large.")
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"Request body is larger than this server accepts ({max_bytes} bytes).")

@@ -79,9 +79,11 @@ def greedy_text(chat, **fields) -> str:
 
 
 def test_n_three_gives_three_choices(chat):
-    completion = chat(n=3, temperature=1.0, max_tokens=8)
+    completion = chat(n=3, temperature=1.0, max_tokens=8, seed=11)
     assert [choice.index for choice in completion.choices] == [0, 1, 2]
-    assert completion.usage.completion_tokens == sum(8 for _ in range(3))
+    # A sampled choice may end early at a stop string, never later than max_tokens.
+    assert all(choice.finish_reason in ("stop", "length") for choice in completion.choices)
+    assert 3 <= completion.usage.completion_tokens <= 3 * 8
 
 
 def test_max_tokens_five_ends_by_length_with_five_tokens(chat):
@@ -240,7 +242,8 @@ def test_stream_with_n_two_interleaves_indexed_choices(chat_stream):
     for index in (0, 1):
         own = [chunk.choices[0] for chunk in chunks if chunk.choices[0].index == index]
         assert own[0].delta.role == "assistant"
-        assert [c.finish_reason for c in own if c.finish_reason] == ["length"]
+        finish = [c.finish_reason for c in own if c.finish_reason]
+        assert len(finish) == 1 and finish[0] in ("stop", "length")
 
 
 def test_include_usage_adds_a_final_usage_chunk(chat_stream, chat):
