@@ -56,7 +56,7 @@ class Engine:
 
         if settings.cpu_kv_cache_gib is not None:
             # Read by the engine core process, which inherits our environment.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{settings.cpu_kv_cache_gib:g}"
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu_kv_cache_gib)
         engine_args = AsyncEngineArgs(
             model=str(model_dir),
             tokenizer=str(settings.tokenizer) if settings.tokenizer else None,

@@ -42,8 +42,8 @@ class Settings(BaseSettings):
         description="Skip graph compilation: starts several times faster, decodes slower.",
     )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU memory share for vLLM.")
-    cpu_kv_cache_gib: float | None = Field(
-        None, gt=0, description="KV cache size on CPU hosts (sets VLLM_CPU_KVCACHE_SPACE)."
+    cpu_kv_cache_gib: int | None = Field(
+        None, ge=1, description="KV cache GiB on CPU hosts (VLLM_CPU_KVCACHE_SPACE; whole GiB only)."
     )
     max_num_seqs: int | None = Field(None, ge=1, description="Sequences the engine batches at once.")
     prompt_format: str = Field("airoboros", description="Prompt format of the chat route.")

@@ -1,0 +1,182 @@
+"""Our vLLM MPT, served over HTTP, computes what transformers' MptForCausalLM computes.
+
+Each case is a tiny random MPT checkpoint (fp32) written by tests/support/tiny_mpt.py; the real
+server serves it (`python -m server serve`, one server per case, started once for the module)
+and `/v1/completions` must return transformers' greedy tokens, token for token for 32 tokens
+with EOS ignored, and the same logprob for each within LOGPROB_ATOL.
+
+Why LOGPROB_ATOL = 1e-3 in fp32: both sides compute the same function in float32, in a different
+order (oneDNN GEMMs and vLLM's paged attention with an online softmax, versus PyTorch matmuls
+and a full softmax), so logits differ by rounding only. Measured: at most 3.7e-5 across these
+cases, the same order as transformers disagreeing with itself (its KV-cached generate versus one
+full forward pass: up to 1.1e-5). 1e-3 leaves ~25x room for other CPUs' kernels and stays far
+under what a defect does: scaling every slope by 1% (alibi_bias_max 7.9 for 8) moves logprobs
+by 0.04-0.2; slopes not interleaved for 3 heads, or two tensor-parallel ranks' slopes swapped,
+move them by 7-12 and change the greedy text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.server import RunningServer, launch_server, running_server, stop_server
+from tests.support.tiny_mpt import TinyMpt, build_reference, make_tiny_mpt, reference_greedy
+
+MAX_TOKENS = 32
+LOGPROB_ATOL = 1e-3
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a land far away, there lived",
+    "USER: What is 2+2?\nASSISTANT:",
+    # ~300 tokens: ALiBi's distance penalty must hold far from the diagonal too.
+    " ".join(["The quick brown fox jumps over the lazy dog."] * 30),
+]
+
+# case → (tiny_mpt options, extra server flags, extra server environment). Each case costs an
+# engine start (15-20 s on an idle 2-core CPU, minutes on a busy one), so options share cases.
+CASES: dict[str, tuple[dict, tuple[str, ...], dict[str, str]]] = {
+    # The plain model, MPT-30B's head size (112), in MPT-30B's own (remote-code) config dialect.
+    "plain_mosaicml_dialect": ({"dialect": "mosaicml"}, (), {}),
+    # Transformers' dialect from here on.
+    "non_power_of_two_heads": ({"n_heads": 3, "d_model": 192}, (), {}),
+    # Both on, as MosaicML orders them: clamp the fused qkv, then norm q and k.
+    "clip_qkv_and_qk_ln": ({"clip_qkv": 2.0, "qk_ln": True}, (), {}),
+    # 6 heads over 2 ranks: each rank must take its own 3 of MPT's interleaved slopes (6 is not
+    # a power of two); qk_ln's norm spans all heads, so the shards are gathered for it.
+    "tensor_parallel_2": (
+        {"n_heads": 6, "d_model": 384, "qk_ln": True},
+        ("--tensor-parallel-size", "2"),
+        {"VLLM_CPU_OMP_THREADS_BIND": "0|1"},
+    ),
+}
+
+
+@dataclass
+class Reference:
+    prompt_ids: list[int]
+    tokens: list[int]
+    logprobs: list[float]
+
+
+@dataclass
+class TinyCase:
+    name: str
+    directory: Path
+    references: list[Reference]
+
+
+@pytest.fixture(scope="module")
+def tiny(request, tmp_path_factory, neox_tokenizer_file) -> TinyCase:
+    """A tiny checkpoint for `request.param` and transformers' greedy answers to PROMPTS."""
+    from transformers import PreTrainedTokenizerFast
+
+    case = request.param
+    options, _, _ = CASES[case]
+    name = f"tiny-mpt-{case.replace('_', '-')}"
+    directory, model = make_tiny_mpt(tmp_path_factory.mktemp(case) / name, neox_tokenizer_file, **options)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
+    references = []
+    for prompt in PROMPTS:
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        references.append(Reference(prompt_ids, *reference_greedy(model, prompt_ids, MAX_TOKENS)))
+    return TinyCase(name, directory, references)
+
+
+@pytest.fixture(scope="module")
+def served(tiny: TinyCase, request) -> RunningServer:
+    """The real server on `tiny`'s checkpoint; no --max-model-len: max_seq_len must set it."""
+    _, flags, env = CASES[request.param]
+    with running_server("--model", str(tiny.directory), "--dtype", "float32", *flags, env=env) as server:
+        yield server
+
+
+def complete(server: RunningServer, model: str, prompts: list[str]) -> list[dict]:
+    response = httpx.post(
+        server.base_url + "/v1/completions",
+        json={
+            "model": model,
+            "prompt": prompts,
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0,
+            "logprobs": 1,
+            "ignore_eos": True,
+            "return_tokens_as_token_ids": True,
+        },
+        timeout=600,
+    )
+    assert response.status_code == 200, response.text
+    return sorted(response.json()["choices"], key=lambda choice: choice["index"])
+
+
+def both_fixtures(*cases: str):
+    return pytest.mark.parametrize(("tiny", "served"), [(c, c) for c in cases], indirect=True, ids=cases)
+
+
+@pytest.mark.engine
+@both_fixtures(*CASES)
+def test_greedy_tokens_and_logprobs_match_transformers(tiny: TinyCase, served: RunningServer, record_property):
+    choices = complete(served, tiny.name, PROMPTS)
+    largest = 0.0
+    for reference, choice in zip(tiny.references, choices, strict=True):
+        served_tokens = [int(token.removeprefix("token_id:")) for token in choice["logprobs"]["tokens"]]
+        assert served_tokens == reference.tokens
+        differences = [
+            abs(served_lp - reference_lp)
+            for served_lp, reference_lp in zip(choice["logprobs"]["token_logprobs"], reference.logprobs, strict=True)
+        ]
+        assert max(differences) <= LOGPROB_ATOL, differences
+        largest = max(largest, *differences)
+    record_property("largest_logprob_difference", largest)
+    print(f"{tiny.name}: largest logprob difference {largest:.2e}")
+
+
+@pytest.mark.engine
+@both_fixtures("plain_mosaicml_dialect")
+def test_max_seq_len_becomes_the_context_limit(tiny: TinyCase, served: RunningServer):
+    card = httpx.get(f"{served.base_url}/v1/models/{tiny.name}", timeout=30).json()
+    assert card["max_model_len"] == 512  # config.json's max_seq_len; the server was given none
+    response = httpx.post(
+        served.base_url + "/v1/completions",
+        json={"model": tiny.name, "prompt": " ".join(["dog"] * 500), "max_tokens": 32},
+        timeout=60,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize("tiny", list(CASES), indirect=True)
+def test_reference_greedy_text_varies(tiny: TinyCase):
+    # A reference stuck on one token would make "token for token" a weak claim.
+    for reference in tiny.references:
+        assert len(set(reference.tokens)) >= 5, reference.tokens
+
+
+@pytest.mark.parametrize("option", ["clip_qkv", "qk_ln"])
+def test_each_option_changes_the_reference(option, neox_tokenizer_file):
+    # Otherwise the clip_qkv_and_qk_ln case could pass with that option ignored.
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(neox_tokenizer_file))
+    prompt_ids = tokenizer.encode(PROMPTS[2], add_special_tokens=False)
+    options = CASES["clip_qkv_and_qk_ln"][0]
+    without = {**options, option: {"clip_qkv": None, "qk_ln": False}[option]}
+    both_tokens, _ = reference_greedy(build_reference(TinyMpt(**options)), prompt_ids, MAX_TOKENS)
+    without_tokens, _ = reference_greedy(build_reference(TinyMpt(**without)), prompt_ids, MAX_TOKENS)
+    assert both_tokens != without_tokens
+
+
+@pytest.mark.engine
+def test_unsupported_option_stops_server_start_naming_it(tmp_path, neox_tokenizer_file):
+    directory, _ = make_tiny_mpt(tmp_path / "tiny-mpt-prefix-lm", neox_tokenizer_file, dialect="mosaicml")
+    config = json.loads((directory / "config.json").read_text())
+    config["attn_config"]["prefix_lm"] = True
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RuntimeError, match="exited") as raised:
+        stop_server(launch_server("--model", str(directory), "--dtype", "float32"))
+    assert "MPT config attn_config.prefix_lm=True is not supported" in str(raised.value)
