@@ -1,0 +1,1 @@
+"""Benchmarks of airoboros-server against `vllm serve` (see bench/README.md)."""
