@@ -21,7 +21,7 @@ from server.outcome import Outcome, classify_stop
 from server.protocol import ChatCompletionRequest, RenderResponse
 from server.sampling import build_sampling_params, check_n
 from server.settings import Settings
-from server.streaming import DONE, ErrorEvent, dumps
+from server.streaming import DONE, ErrorEvent, dumps, encode_json_string
 
 
 @dataclass
@@ -171,6 +171,16 @@ class ChatService:
                 body["usage"] = usage
             return dumps(body)
 
+        # Nearly every chunk is one content delta and nothing else. Written directly it is byte
+        # for byte what `chunk()` makes, at a tenth of the cost per token.
+        prefix = dumps(head)[:-1] + ',"choices":[{"index":'
+
+        def content_chunk(index: int, text: str) -> str:
+            return (
+                f'{prefix}{index},"delta":{{"content":{encode_json_string(text)}}},'
+                '"logprobs":null,"finish_reason":null}]}'
+            )
+
         # A comment first: headers and a byte reach the client (and any proxy) at once.
         yield KEEPALIVE
         for index in range(request.n):
@@ -201,6 +211,9 @@ class ChatService:
                         )
                     logprobs = self._choice_logprobs(prepared, completion)
                     if not text and finish_reason is None and not (logprobs and logprobs["content"]):
+                        continue
+                    if finish_reason is None and logprobs is None:
+                        yield content_chunk(completion.index, text)
                         continue
                     delta = {"content": text} if text else {}
                     choice = {"index": completion.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}

@@ -35,8 +35,35 @@ class ModelInfo:
     sampling_defaults: dict[str, Any]
 
 
+# KV cache on CPU hosts when no size is given: SmolLM2 holds about 180k tokens in it.
+DEFAULT_CPU_KV_CACHE_GIB = 4
+
+
 class EngineDead(RuntimeError):
     """The engine core process is gone; the server cannot generate any more."""
+
+
+class EngineRejected(ValueError):
+    """vLLM refused the request itself (a client mistake its own checks caught): a 400."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def as_rejection(error: Exception) -> EngineRejected:
+    """vLLM's request-validation errors, in the words the client should see."""
+    message = str(error.args[0]) if error.args else str(error)
+    return EngineRejected(message, getattr(error, "parameter", None))
+
+
+def client_error_types() -> tuple[type[Exception], ...]:
+    # vLLM splits its errors into client (4xx) and server (5xx) kinds; like vLLM's own
+    # server, a ValueError from its request checks is the client's mistake too.
+    from vllm.exceptions import VLLMClientError
+
+    return (VLLMClientError, ValueError)
 
 
 class Engine:
@@ -54,9 +81,16 @@ class Engine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        if settings.cpu_kv_cache_gib is not None:
-            # Read by the engine core process, which inherits our environment.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu_kv_cache_gib)
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # Read by the engine core process, which inherits our environment. Without a size,
+            # vLLM's CPU backend reserves --gpu-memory-utilization (90%) of all RAM and refuses
+            # to start when that much is not free: a laptop with a browser open fails.
+            if settings.cpu_kv_cache_gib is not None:
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu_kv_cache_gib)
+            else:
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(DEFAULT_CPU_KV_CACHE_GIB))
         engine_args = AsyncEngineArgs(
             model=str(model_dir),
             tokenizer=str(settings.tokenizer) if settings.tokenizer else None,
@@ -121,6 +155,8 @@ class Engine:
                 yield output
         except EngineDeadError as error:
             raise EngineDead("the inference engine stopped") from error
+        except client_error_types() as error:
+            raise as_rejection(error) from error
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.engine import ModelInfo
+from server.engine import ModelInfo, as_rejection, client_error_types
 from server.errors import invalid_request
 from server.protocol import ResponseFormat, SamplingFields
 from server.settings import Settings
@@ -88,6 +88,7 @@ def build_sampling_params(
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
             skip_special_tokens=True,
         )
-    except ValueError as error:
-        # vLLM's own checks (e.g. combinations) are client mistakes, not server faults.
-        raise invalid_request(str(error)) from error
+    except client_error_types() as error:
+        # vLLM's own checks (e.g. min_tokens above max_tokens) are client mistakes.
+        rejection = as_rejection(error)
+        raise invalid_request(rejection.message, param=rejection.param) from error

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU memory share for vLLM.")
     cpu_kv_cache_gib: int | None = Field(
-        None, ge=1, description="KV cache GiB on CPU hosts (VLLM_CPU_KVCACHE_SPACE; whole GiB only)."
+        None, ge=1, description="KV cache GiB on CPU hosts (VLLM_CPU_KVCACHE_SPACE; whole GiB; default 4)."
     )
     max_num_seqs: int | None = Field(None, ge=1, description="Sequences the engine batches at once.")
     prompt_format: str = Field("airoboros", description="Prompt format of the chat route.")

@@ -15,8 +15,8 @@ from typing import Any
 
 from sse_starlette.sse import AppStatus, EventSourceResponse
 
-from server.engine import EngineDead
-from server.errors import APIError, internal_error, unavailable
+from server.engine import EngineDead, EngineRejected
+from server.errors import APIError, internal_error, invalid_request, unavailable
 from server.generation import KEEPALIVE, GenerationInterrupted
 
 logger = logging.getLogger(__name__)
@@ -29,8 +29,14 @@ DONE = "[DONE]"
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+# One encoder for the process: `json.dumps` with options builds a new JSONEncoder every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# A str as a JSON string literal, exactly as `dumps` writes strings (the C encoder's function).
+encode_json_string = json.encoder.encode_basestring
+
+
 def dumps(body: Any) -> str:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(body)
 
 
 class ErrorEvent:
@@ -55,6 +61,8 @@ def api_error_for(exc: BaseException) -> APIError:
         if exc.reason == "timeout":
             return APIError(504, exc.message, type="server_error", code="timeout")
         return unavailable(exc.message, retry_after=1)
+    if isinstance(exc, EngineRejected):
+        return invalid_request(exc.message, param=exc.param)
     if isinstance(exc, EngineDead):
         return unavailable("The inference engine stopped; the server is restarting.")
     logger.error("generation failed: %s", exc, exc_info=exc)
@@ -93,6 +101,15 @@ class _EventStream(EventSourceResponse):
         finally:
             if self._on_close is not None:
                 self._on_close()
+
+    async def _send_with_timeout(self, send: Any, message: Any) -> None:
+        # sse-starlette wraps every event's send in an anyio cancel scope, even with no
+        # send_timeout (ours): 3 of the 4 microseconds each event costs. With no timeout the
+        # scope has nothing to do.
+        if self.send_timeout is None:
+            await send(message)
+        else:
+            await super()._send_with_timeout(send, message)
 
 
 def sse_response(

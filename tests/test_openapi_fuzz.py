@@ -22,8 +22,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server.app import create_app
-from server.settings import Settings
+from tests.support.app import build_app
 from tests.support.server import running_server
 
 pytestmark = pytest.mark.engine
@@ -35,7 +34,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 # The operations, read from the app's router at collection time (no engine needed).
 OPERATIONS = sorted(
     (method, route.path_format)
-    for route in create_app(Settings()).routes
+    for route in build_app().routes
     if isinstance(route, APIRoute)
     for method in route.methods
 )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi.routing import APIRoute
 
-from server.app import create_app
 from server.cli import ENVIRONMENT_ONLY
-from server.settings import Settings
+from tests.support.app import build_app
 from tests.support.server import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -22,7 +21,7 @@ def test_every_setting_flag_is_documented():
 
 
 def test_every_route_is_documented():
-    routes = [route for route in create_app(Settings()).routes if isinstance(route, APIRoute)]
+    routes = [route for route in build_app().routes if isinstance(route, APIRoute)]
     paths = {route.path_format.replace("{model_id}", "{id}") for route in routes}
     missing = [path for path in sorted(paths) if f" {path}`" not in README]
     assert not missing, f"README lacks these endpoints: {missing}"
