@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi.routing import APIRoute
 
 from server.cli import ENVIRONMENT_ONLY
+from server.settings import Settings
 from tests.support.app import build_app
 from tests.support.server import REPO_ROOT
 
