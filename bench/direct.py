@@ -56,23 +56,13 @@ async def generate_one(llm: Any, prompt_ids: list[int], max_tokens: int, timeout
     )
     record = RequestRecord(prompt_tokens=len(prompt_ids))
     started = time.perf_counter()
-    previous: float | None = None
 
     async def consume() -> None:
-        nonlocal previous
         async for output in llm.generate(tokens_input(prompt_ids), params, uuid.uuid4().hex):
             for completion in output.outputs:
                 record.completion_tokens += len(completion.token_ids)
                 if completion.text:
-                    now = time.perf_counter()
-                    record.content_chunks += 1
-                    if previous is None:
-                        record.first_content = now
-                        record.ttft_s = now - started
-                    else:
-                        record.gaps_s.append(now - previous)
-                    previous = now
-                    record.last_content = now
+                    record.note_content(started)
 
     try:
         await asyncio.wait_for(consume(), timeout=timeout_s)

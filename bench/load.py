@@ -77,11 +77,21 @@ class RequestRecord:
             return None
         return (self.last_content - self.first_content) / (self.completion_tokens - 1)
 
+    def note_content(self, started: float) -> None:
+        """A chunk with content arrived: first one sets TTFT, later ones add an inter-chunk gap."""
+        now = time.perf_counter()
+        self.content_chunks += 1
+        if self.last_content is None:
+            self.first_content = now
+            self.ttft_s = now - started
+        else:
+            self.gaps_s.append(now - self.last_content)
+        self.last_content = now
+
 
 async def stream_one(client: httpx.AsyncClient, body: dict[str, Any], timeout_s: float) -> RequestRecord:
     record = RequestRecord()
     started = time.perf_counter()
-    previous: float | None = None
     try:
         async with client.stream("POST", "/v1/chat/completions", json=body, timeout=timeout_s) as response:
             record.status = response.status_code
@@ -105,15 +115,7 @@ async def stream_one(client: httpx.AsyncClient, body: dict[str, Any], timeout_s:
                     record.prompt_tokens = usage.get("prompt_tokens") or 0
                 for choice in chunk.get("choices") or ():
                     if (choice.get("delta") or {}).get("content"):
-                        now = time.perf_counter()
-                        record.content_chunks += 1
-                        if previous is None:
-                            record.first_content = now
-                            record.ttft_s = now - started
-                        else:
-                            record.gaps_s.append(now - previous)
-                        previous = now
-                        record.last_content = now
+                        record.note_content(started)
     except (httpx.HTTPError, asyncio.TimeoutError, json.JSONDecodeError) as error:
         record.error = f"{type(error).__name__}: {error}"[:300]
     record.e2e_s = time.perf_counter() - started
