@@ -229,25 +229,29 @@ def test_health_metrics_and_version_need_no_key(server, path):
 
 
 async def _admission_burst(server: RunningServer, model: str) -> dict:
-    # Completions: no format stop string (USER:) can end a holder early and free its slot.
-    body = {"model": model, "prompt": "A poem about the sea:", "max_tokens": 96, "ignore_eos": True, "stream": True}
+    # Completions: no format stop string (USER:) can end a holder early and free its slot. The
+    # holders ask for far more tokens than they will read: they keep their slots until the SDK call
+    # has been answered, then hang up, so a fast machine cannot finish them first and let it in.
+    body = {"model": model, "prompt": "A poem about the sea:", "max_tokens": 1024, "ignore_eos": True, "stream": True}
     outcome: dict = {"answers": [], "probes": [], "sdk_error": None, "in_flight_when_full": None}
     statuses_known = asyncio.Event()
+    sdk_answered = asyncio.Event()
     known = {"count": 0}
     stop_probing = asyncio.Event()
+    sdk = openai.AsyncOpenAI(base_url=server.openai_base_url, api_key=ENV_KEY, max_retries=0)
 
     async def one(client: httpx.AsyncClient) -> None:
         async with client.stream("POST", "/v1/completions", json=body) as response:
             answer = {"status": response.status_code, "retry_after": response.headers.get("retry-after")}
+            if response.status_code == 200:
+                lines = response.aiter_lines()
+                answer["first_event"] = await anext(line async for line in lines if line.startswith("data: "))
+            else:
+                answer["body"] = json.loads(await response.aread())
             known["count"] += 1
             if known["count"] == 2 * BOUND:
                 statuses_known.set()
-            if response.status_code == 200:
-                lines = [line async for line in response.aiter_lines()]
-                answer["done"] = "data: [DONE]" in lines
-                answer["errors"] = [line for line in lines if line.startswith('data: {"error"')]
-            else:
-                answer["body"] = json.loads(await response.aread())
+            await sdk_answered.wait()
         outcome["answers"].append(answer)
 
     async def probe(client: httpx.AsyncClient) -> None:
@@ -258,15 +262,15 @@ async def _admission_burst(server: RunningServer, model: str) -> dict:
 
     async def sdk_call_while_full() -> None:
         await statuses_known.wait()
-        metrics = httpx.get(server.base_url + "/metrics", timeout=5).text
-        outcome["in_flight_when_full"] = metric_value(metrics, "airoboros_requests_in_flight")
-        sdk = openai.AsyncOpenAI(base_url=server.openai_base_url, api_key=ENV_KEY, max_retries=0)
         try:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as scraper:
+                metrics = (await scraper.get("/metrics")).text
+            outcome["in_flight_when_full"] = metric_value(metrics, "airoboros_requests_in_flight")
             await sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
         except openai.RateLimitError as error:
             outcome["sdk_error"] = error
         finally:
-            await sdk.close()
+            sdk_answered.set()
 
     limits = httpx.Limits(max_connections=4 * BOUND)
     async with httpx.AsyncClient(base_url=server.base_url, headers=server.headers(), timeout=60, limits=limits) as client:
@@ -279,6 +283,7 @@ async def _admission_burst(server: RunningServer, model: str) -> dict:
             finally:
                 stop_probing.set()
                 await prober
+                await sdk.close()
     return outcome
 
 
@@ -288,7 +293,7 @@ def test_admission_lets_exactly_the_bound_in_and_429s_the_rest(server, model):
     admitted = [a for a in answers if a["status"] == 200]
     refused = [a for a in answers if a["status"] == 429]
     assert (len(admitted), len(refused)) == (BOUND, BOUND), [a["status"] for a in answers]
-    assert all(a["done"] and not a["errors"] for a in admitted), admitted
+    assert all(json.loads(a["first_event"][len("data: "):]).get("choices") for a in admitted), admitted
     for answer in refused:
         assert int(answer["retry_after"]) >= 1
         assert answer["body"]["error"]["type"] == "rate_limit_error"
@@ -296,6 +301,13 @@ def test_admission_lets_exactly_the_bound_in_and_429s_the_rest(server, model):
     assert outcome["in_flight_when_full"] == BOUND
     assert isinstance(outcome["sdk_error"], openai.RateLimitError), outcome
     assert int(outcome["sdk_error"].response.headers["retry-after"]) >= 1
+    # The holders hung up: their slots come back, and the next request is admitted and answered.
+    freed, in_flight, _ = wait_for_metric(server.base_url, "airoboros_requests_in_flight", lambda v: v == 0, 30)
+    assert freed, f"{in_flight} requests still in flight 30 s after the holders left"
+    after = httpx.post(
+        server.openai_base_url + "/chat/completions", json=_chat(model, "Hi", max_tokens=4), headers=server.headers(), timeout=60
+    )
+    assert after.status_code == 200, after.text
     # Health and metrics were never throttled, before, during or after the burst.
     assert outcome["probes"] and {status for _, status in outcome["probes"]} == {200}
     assert metric_value(httpx.get(server.base_url + "/metrics").text, "airoboros_requests_rejected_total") >= BOUND + 1
