@@ -203,6 +203,15 @@ def test_cpu_overlay_serves_the_embedded_default_model() -> None:
     assert not any("gpu" in name for name in limits)
 
 
+def test_cpu_overlay_sizes_openmp_to_its_cpu_limit_without_pinning() -> None:
+    # vLLM's auto-binding would pin every replica on a node to the same cores (a CPU limit is a
+    # quota, not a cpuset); unpinned, with one OpenMP thread per CPU of the limit.
+    env = container_env("cpu")
+    limits = server_container(deployment("cpu"))["resources"]["limits"]
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert int(env["OMP_NUM_THREADS"]) == int(limits["cpu"])
+
+
 # --- GPUs, memory, volumes -------------------------------------------------------------------
 
 
