@@ -292,7 +292,7 @@ def test_a_dead_engine_turns_probes_503_fails_requests_and_exits_non_zero(server
     answered = [p for p in probes if p[1] != "refused"]
     # Within seconds: liveness and readiness 503, new requests 503, until the process is gone.
     first_dead = next((p for p in answered if p[1] == 503), None)
-    assert first_dead is not None and first_dead[0] < 3.0, probes
+    assert first_dead is not None and first_dead[0] < 5.0, probes
     assert all((live, ready) == (503, 503) for _, live, ready, _ in answered[answered.index(first_dead):]), probes
     assert any(new == 503 for *_, new in answered[answered.index(first_dead):]), probes
     # In-flight work ended with an error instead of hanging.
