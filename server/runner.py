@@ -10,11 +10,13 @@ shutdown raises the signal again, so the process dies of it (exit status -15). H
   shuts the engine down;
 - the process exits 0, or 1 when the engine died or never started.
 A second SIGINT (Ctrl+C twice) still forces an immediate exit, as with plain uvicorn.
+SIGUSR1 writes every thread's stack to stderr and changes nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
 from types import FrameType
@@ -102,6 +104,9 @@ def run(settings: Settings) -> int:
         if server is not None:
             server.should_exit = True
 
+    # `kill -USR1 <pid>`: where a start-up or request that seems stuck is waiting, from the log
+    # alone, without a debugger in the image.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     app = create_app(settings, request_exit=request_exit)
     lifecycle: Lifecycle = app.state.lifecycle
     server = DrainingServer(uvicorn_config(settings, app), lifecycle, settings.shutdown_delay)

@@ -27,8 +27,7 @@ from tests.support.deploy_tools import (
     render,
     server_container,
 )
-from tests.support.balancer import wait_ready
-from tests.support.server import REPO_ROOT, RunningServer, free_port, stop_server
+from tests.support.server import REPO_ROOT, RunningServer, free_port, stop_server, wait_until_ready
 
 pytestmark = pytest.mark.engine
 
@@ -90,7 +89,7 @@ def test_cpu_overlay_runs_with_a_read_only_root_filesystem() -> None:
     )
     server = RunningServer(process=process, port=port, log_path=Path(log.name))
     try:
-        wait_ready(server)
+        wait_until_ready(server)
         model = httpx.get(f"{server.base_url}/v1/models", timeout=10).json()["data"][0]["id"]
         response = httpx.post(
             f"{server.base_url}/v1/chat/completions",

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from tests.support.balancer import NGINX_INSTALL_HINT, Nginx, find_nginx, wait_ready
-from tests.support.server import RunningServer, launch_server, stop_server
+from tests.support.balancer import NGINX_INSTALL_HINT, Nginx, find_nginx
+from tests.support.server import RunningServer, launch_server, stop_server, wait_until_ready
 
 pytestmark = pytest.mark.engine
 
@@ -163,17 +163,17 @@ def problems(outcomes: list[Outcome]) -> list[str]:
 class Fleet:
     """Replicas of the server and the balancer in front of them.
 
-    Each replica's engine worker is pinned to a core of its own. vLLM's CPU auto-binding pins
-    every worker to the first core it may use, so replicas sharing a host without their own cpusets
-    (as here; Kubernetes gives pods theirs) would all compute on core 0, and a replacement
-    starting beside two busy replicas starved past its readiness budget on a 2-core machine.
-    A replacement takes the core of the replica it replaces.
+    Each replica runs on a core of its own (`extra["core"]`), all its processes, as a pod with a
+    cpuset would. Without that, vLLM's CPU auto-binding pins every engine worker to core 0, and
+    even with distinct workers a loaded replica's engine-core process spins on the other core:
+    a replacement's start (single-threaded Python imports) then starved for minutes beside the
+    replica serving the load alone on a 2-core machine. A replacement takes the core its
+    predecessor freed.
     """
 
     def __init__(self, nginx: Nginx) -> None:
         self.nginx = nginx
         self.replicas: list[RunningServer] = []
-        self.cores: dict[int, int] = {}  # replica port -> the core its engine worker runs on
 
     @staticmethod
     def address(replica: RunningServer) -> str:
@@ -182,7 +182,7 @@ class Fleet:
     def free_cores(self, count: int) -> list[int]:
         """`count` cores, the least used by live replicas first (distinct while there are enough)."""
         usable = sorted(os.sched_getaffinity(0))
-        load = Counter(self.cores.get(replica.port) for replica in self.replicas)
+        load = Counter(replica.extra["core"] for replica in self.replicas)
         chosen = []
         for _ in range(count):
             # Ties go to the highest core: vLLM's auto-binding (the suite's other servers) takes the lowest.
@@ -196,11 +196,13 @@ class Fleet:
         started = []
         for core in self.free_cores(count):
             replica = launch_server(env={**REPLICA_ENV, "VLLM_CPU_OMP_THREADS_BIND": str(core)}, wait_ready=False)
-            self.cores[replica.port] = core
+            # Set before the interpreter spawns anything: its engine processes inherit it.
+            os.sched_setaffinity(replica.process.pid, {core})
+            replica.extra["core"] = core
             started.append(replica)
         try:
             for replica in started:
-                wait_ready(replica)
+                wait_until_ready(replica)
         except BaseException:
             for replica in started:
                 stop_server(replica)

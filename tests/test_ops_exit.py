@@ -32,9 +32,8 @@ from tests.support.load import (
     find_engine_core,
     parse_sse_line,
     wait_all_gone,
-    wait_ready,
 )
-from tests.support.server import START_TIMEOUT_S, RunningServer, launch_server, stop_server
+from tests.support.server import RunningServer, launch_server, stop_server, wait_until_ready
 
 pytestmark = pytest.mark.engine
 
@@ -60,7 +59,7 @@ def servers(request) -> dict[str, RunningServer]:
         for name in wanted:
             launched[name] = launch_server(*SERVER_ARGS[name], wait_ready=False)
         for server in launched.values():
-            wait_ready(server, START_TIMEOUT_S)
+            wait_until_ready(server)
         yield launched
     finally:
         for server in launched.values():

@@ -1,6 +1,7 @@
 """One request's life as operations see it, on the shared default server: aborted when its
 client leaves, refused when its body is too large, traced by its X-Request-Id, counted in
-/metrics, carried on a keep-alive connection that outlives a load balancer's idle timeout.
+/metrics, carried on a keep-alive connection that outlives a load balancer's idle timeout. And
+the server's SIGUSR1 stack dump, for a start-up or request that seems stuck.
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import signal
 import socket
 import time
 
@@ -306,3 +309,23 @@ def test_an_idle_connection_outlives_uvicorns_own_5_s_keep_alive(default_server)
         time.sleep(6.5)
         sock.sendall(request)
         assert _read_response(sock)[0] == 200
+
+
+@engine
+def test_sigusr1_writes_every_threads_stack_to_the_log_and_serving_goes_on(default_server, default_model_name):
+    logged_before = len(default_server.log_text())
+    os.kill(default_server.process.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "server/runner.py" not in default_server.log_text()[logged_before:]:
+        time.sleep(0.1)
+    dump = default_server.log_text()[logged_before:]
+    # The event loop's thread (in the runner) and the others, e.g. the engine loader's pool.
+    assert "server/runner.py" in dump, dump[-3000:]
+    assert dump.count("(most recent call first)") >= 2, dump[-3000:]
+    after = httpx.post(
+        default_server.openai_base_url + "/chat/completions",
+        json=_chat(default_model_name, "Hi", max_tokens=4),
+        timeout=60,
+    )
+    assert after.status_code == 200, after.text
+    assert default_server.process.poll() is None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.server import START_TIMEOUT_S, RunningServer, free_port
+from tests.support.server import free_port
 
 NGINX_INSTALL_HINT = (
     "nginx is not installed: `make deploy-tools` installs Debian's package when run as root; "
@@ -181,20 +181,3 @@ http {{
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
-
-
-def wait_ready(replica: RunningServer, timeout: float = START_TIMEOUT_S) -> float:
-    """Poll /health/ready as a readiness probe would; return the seconds it took."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if replica.process.poll() is not None:
-            raise RuntimeError(
-                f"replica exited with {replica.process.returncode} during start-up:\n{replica.log_text()[-4000:]}"
-            )
-        try:
-            if httpx.get(f"{replica.base_url}/health/ready", timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"replica not ready in {timeout:.0f} s:\n{replica.log_text()[-4000:]}")

@@ -107,21 +107,6 @@ def parse_sse_line(line: str) -> SSEEvent | None:
 # --- the server's processes --------------------------------------------------------------
 
 
-def wait_ready(server, timeout: float) -> None:
-    """Poll /health/ready until 200; fail with the server's log if it exits or runs out of time."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log_text()[-6000:]}")
-        try:
-            if httpx.get(server.base_url + "/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"server not ready in {timeout:.0f} s:\n{server.log_text()[-6000:]}")
-
-
 def descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)

@@ -54,21 +54,28 @@ class RunningServer:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
-def _wait_until_ready(server: RunningServer, deadline: float, ready_path: str) -> None:
-    while time.monotonic() < deadline:
+def wait_until_ready(server: RunningServer, timeout: float = START_TIMEOUT_S, ready_path: str = "/health/ready") -> float:
+    """Poll readiness (a new connection each time) until 200; return the seconds it took.
+
+    Fails with the server's log if it exits first, or, out of time, with its threads' stacks
+    (SIGUSR1) at the end of that log: where the start-up waits.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
         if server.process.poll() is not None:
             raise RuntimeError(
-                f"server exited with {server.process.returncode} during start-up:\n"
-                + server.log_text()[-6000:]
+                f"server exited with {server.process.returncode} during start-up:\n" + server.log_text()[-6000:]
             )
         try:
-            response = httpx.get(server.base_url + ready_path, timeout=2)
-            if response.status_code == 200:
-                return
+            if httpx.get(server.base_url + ready_path, timeout=2).status_code == 200:
+                return time.monotonic() - started
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
-    raise TimeoutError(f"server not ready in {START_TIMEOUT_S:.0f} s:\n" + server.log_text()[-6000:])
+    with contextlib.suppress(ProcessLookupError):
+        server.process.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+    raise TimeoutError(f"server not ready in {timeout:.0f} s:\n" + server.log_text()[-12000:])
 
 
 def stop_server(server: RunningServer, timeout: float = 60) -> int | None:
@@ -118,7 +125,7 @@ def launch_server(
     server = RunningServer(process=process, port=port, log_path=Path(log_file.name), api_key=api_key)
     if wait_ready:
         try:
-            _wait_until_ready(server, time.monotonic() + START_TIMEOUT_S, ready_path)
+            wait_until_ready(server, ready_path=ready_path)
         except BaseException:
             stop_server(server)
             raise
