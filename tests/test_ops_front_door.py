@@ -110,13 +110,6 @@ def _chat(model: str, content: str, **extra) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
 
 
-def _access_log(server: RunningServer, request_id: str) -> dict:
-    for line in server.log_text().splitlines():
-        if "airoboros.access" in line and f'"request_id": "{request_id}"' in line:
-            return json.loads(line[line.index("{"):])
-    raise AssertionError(f"no access-log line for {request_id}")
-
-
 # --- start-up ---------------------------------------------------------------------------------
 
 
@@ -398,9 +391,9 @@ def test_log_prompts_puts_prompt_and_output_in_the_access_log(server, model):
     ) as response:
         streamed = "".join(e.content for line in response.iter_lines() if (e := parse_sse_line(line)))
     time.sleep(0.2)  # the access-log line is written as the exchange ends
-    chat_line = _access_log(server, "log-prompts-plain")
+    chat_line = server.access_log_entry("log-prompts-plain")
     assert marker in chat_line["prompt"]
     assert chat_line["output"] == [plain.json()["choices"][0]["message"]["content"]]
-    stream_line = _access_log(server, "log-prompts-stream")
+    stream_line = server.access_log_entry("log-prompts-stream")
     assert stream_line["prompt"] == [f"The code is {marker}."]
     assert stream_line["output"] == [streamed]

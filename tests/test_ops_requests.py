@@ -30,13 +30,6 @@ def _chat(model: str, content: str = "Tell me a long story.", **extra) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
 
 
-def _access_log(server, request_id: str) -> dict:
-    for line in server.log_text().splitlines():
-        if "airoboros.access" in line and f'"request_id": "{request_id}"' in line:
-            return json.loads(line[line.index("{"):])
-    raise AssertionError(f"no access-log line for {request_id}")
-
-
 def _aborted(base_url: str) -> float:
     return metric_value(scrape(base_url), "airoboros_requests_aborted_total", reason="disconnect")
 
@@ -78,7 +71,7 @@ def test_closing_a_stream_aborts_its_engine_request(default_server, default_mode
     # Leaving the block closed the connection mid-stream.
     _assert_engine_idle_within_a_second(base)
     _assert_abort_counted(base, before)
-    assert _access_log(default_server, "ops-leave-stream")["aborted"] == "disconnect"
+    assert default_server.access_log_entry("ops-leave-stream")["aborted"] == "disconnect"
 
 
 @engine
@@ -100,7 +93,7 @@ def test_dropping_a_non_streaming_request_aborts_its_engine_request(default_serv
     asyncio.run(leave_while_generating())
     _assert_engine_idle_within_a_second(base)
     _assert_abort_counted(base, before)
-    line = _access_log(default_server, "ops-leave-plain")
+    line = default_server.access_log_entry("ops-leave-plain")
     assert (line["status"], line["aborted"]) == (499, "disconnect")
 
 
@@ -241,7 +234,7 @@ def test_the_access_log_has_one_json_line_per_request_without_prompt_or_output(d
     time.sleep(0.2)
     lines = [line for line in default_server.log_text().splitlines() if '"request_id": "ops-access-log"' in line]
     assert len(lines) == 1
-    entry = _access_log(default_server, "ops-access-log")
+    entry = default_server.access_log_entry("ops-access-log")
     assert entry["status"] == 200 and entry["path"] == "/v1/chat/completions"
     assert entry["completion_tokens"] == response.json()["usage"]["completion_tokens"]
     assert entry["prompt_tokens"] == response.json()["usage"]["prompt_tokens"]

@@ -8,6 +8,7 @@ engine process outlives the test.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -49,6 +50,13 @@ class RunningServer:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def access_log_entry(self, request_id: str) -> dict:
+        """The JSON of the access-log line the server wrote for `request_id` (fails when none)."""
+        for line in self.log_text().splitlines():
+            if "airoboros.access" in line and f'"request_id": "{request_id}"' in line:
+                return json.loads(line[line.index("{"):])
+        raise AssertionError(f"no access-log line for {request_id}")
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
