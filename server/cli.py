@@ -2,6 +2,7 @@
 
     airoboros-server serve [--model DIR] [--port 8000] ...   start the server
     airoboros-server prepare-default-model                   convert the embedded model now
+    airoboros-server chat [--url URL] [--model NAME] ...     chat with a running server
 
 Every `serve` flag is a field of `server.settings.Settings`, so each also has an
 `AIROBOROS_<NAME>` environment variable; a flag given on the command line wins.
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 
 from server import __version__
 from server.settings import Settings
+from server.terminal import add_chat_arguments
 
 # Settings that must never appear on a command line (visible in `ps`, shell history).
 ENVIRONMENT_ONLY = {"api_keys"}
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare-default-model", help="convert the embedded default model (SmolLM2-135M) now"
     )
     prepare.add_argument("--cache-dir", default=argparse.SUPPRESS, help="where to convert it to")
+    chat = commands.add_parser("chat", help="chat with a running server in this terminal")
+    add_chat_arguments(chat)
     return parser
 
 
@@ -91,6 +95,10 @@ def configure_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
+    if command == "chat":  # a client: the server's settings and environment do not apply
+        from server.terminal.app import main as chat_main
+
+        return chat_main(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = load_settings(args)
     configure_logging(settings.log_level)

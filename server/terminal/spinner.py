@@ -1,0 +1,80 @@
+"""The progress line while the client waits for the server: a spinner and what it waits for.
+
+A background thread redraws one line on a terminal ten times a second and erases it when the
+wait ends, so the answer starts on a clean line. Written to a pipe or a file, each new text is
+printed once instead. ASCII frames: a terminal without a UTF-8 locale shows them too.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+from types import TracebackType
+from typing import TextIO
+
+FRAMES = "|/-\\"
+FRAME_SECONDS = 0.1
+
+
+class Spinner:
+    def __init__(self, text: str, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stdout
+        self._text = text
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._drawn = 0  # characters on the line now, to erase them
+        self._printed: str | None = None  # the last text written to a non-terminal
+
+    def update(self, text: str) -> None:
+        with self._lock:
+            self._text = text
+        if not self._interactive():
+            self._print_once()
+
+    def __enter__(self) -> "Spinner":
+        if self._interactive():
+            self._thread = threading.Thread(target=self._run, name="chat-spinner", daemon=True)
+            self._thread.start()
+        else:
+            self._print_once()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _interactive(self) -> bool:
+        return self._stream.isatty()
+
+    def _print_once(self) -> None:
+        with self._lock:
+            if self._text != self._printed:
+                self._stream.write(self._text + "\n")
+                self._stream.flush()
+                self._printed = self._text
+
+    def _run(self) -> None:
+        frame = 0
+        while True:
+            with self._lock:
+                # One screen line at most: "\r" cannot go back over a wrapped line.
+                width = shutil.get_terminal_size().columns - 1
+                line = f"{FRAMES[frame % len(FRAMES)]} {self._text}"[:width]
+                padding = max(0, self._drawn - len(line))
+                self._stream.write("\r" + line + " " * padding)
+                self._stream.flush()
+                self._drawn = len(line)
+            frame += 1
+            if self._stopped.wait(FRAME_SECONDS):
+                break
+        self._stream.write("\r" + " " * self._drawn + "\r")
+        self._stream.flush()

@@ -1,0 +1,98 @@
+"""A terminal driven as a person drives it: tmux on a private socket, keys in, screen out.
+
+Each `TmuxTerminal` runs one command in a detached tmux session on its own tmux server (`-L`
+socket), so tests never touch a user's tmux. Every wait is bounded and fails with the screen's
+text; `close()` kills the session and that server. The command's exit status is printed on the
+screen when it ends (`[exit N]`), and the pane stays until the test closes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+
+EXIT_MARK = re.compile(r"\[exit (\d+)\]")
+POLL_S = 0.05
+
+
+def tmux_available() -> bool:
+    return shutil.which("tmux") is not None
+
+
+class TmuxTerminal:
+    def __init__(self, command: Sequence[str], *, cwd: str, env: dict[str, str], width: int = 160, height: int = 50) -> None:
+        self.socket = f"airoboros-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.session = "chat"
+        # After the command, print its status and keep the pane (bounded: the test kills it).
+        script = f"{shlex.join(command)}; echo \"[exit $?]\"; sleep 600"
+        environment = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
+        self._tmux(
+            "-f", "/dev/null", "new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height),
+            "-c", cwd, *environment, "sh", "-c", script,
+        )
+
+    def _tmux(self, *args: str) -> str:
+        result = subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=20, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"tmux {' '.join(args[:3])} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def send_keys(self, *keys: str) -> None:
+        """tmux key names (`Enter`, `C-c`, `Escape`) or literal text, in order."""
+        self._tmux("send-keys", "-t", self.session, *keys)
+
+    def type(self, text: str) -> None:
+        """Literal text, as if typed (no key names)."""
+        self._tmux("send-keys", "-t", self.session, "-l", text)
+
+    def submit(self, text: str) -> None:
+        self.type(text)
+        self.send_keys("Enter")
+
+    def paste(self, text: str) -> None:
+        """A bracketed paste, as a terminal sends a clipboard paste to a program that asks for it."""
+        self._tmux("set-buffer", "-b", "paste", text)
+        self._tmux("paste-buffer", "-p", "-d", "-b", "paste", "-t", self.session)
+
+    def screen(self) -> str:
+        """The whole pane with its scrollback, wrapped lines joined."""
+        return self._tmux("capture-pane", "-p", "-J", "-S", "-", "-t", self.session)
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float, what: str) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.screen()
+            if predicate(text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not on the screen after {timeout:.0f} s; screen:\n{text}")
+            time.sleep(POLL_S)
+
+    def wait_for_text(self, needle: str, timeout: float, *, count: int = 1) -> str:
+        return self.wait_for(lambda text: text.count(needle) >= count, timeout, f"{needle!r} x{count}")
+
+    def wait_for_exit(self, timeout: float) -> int:
+        text = self.wait_for(lambda t: EXIT_MARK.search(t) is not None, timeout, "the command's exit")
+        return int(EXIT_MARK.search(text).group(1))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._tmux("kill-server")
+
+
+@contextlib.contextmanager
+def tmux_terminal(command: Sequence[str], **kwargs) -> Iterator[TmuxTerminal]:
+    terminal = TmuxTerminal(command, **kwargs)
+    try:
+        yield terminal
+    finally:
+        terminal.close()
