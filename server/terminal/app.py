@@ -25,11 +25,12 @@ from server.terminal.spinner import Spinner
 PROGRAM = "airoboros-server chat"
 ANSWER_PREFIX = "ASSISTANT: "
 STOPPED_MARK = "[stopped]"
+NOTE_PREFIX = "[chat] "  # the client's own lines, never mistaken for the model's (markdown uses "* ")
 NEEDS_AIROBOROS = "needs an airoboros server (this one's /v1/models has no prompt_format)"
 
 
 def info(text: str) -> None:
-    print(f"* {text}", flush=True)
+    print(f"{NOTE_PREFIX}{text}", flush=True)
 
 
 def error(text: str) -> None:
@@ -98,11 +99,16 @@ class ChatApp:
         try:
             spinner = Spinner("waiting for the answer; Ctrl-C stops").__enter__()
             try:
-                answer = self.client.open_answer(request)
+                answer = self.client.open_answer(request, progress=spinner.update)
                 pieces = self.client.read_answer(answer)
                 first = next(pieces, None)
             finally:
                 spinner.stop()
+            if answer.dropped_messages:
+                info(
+                    f"{answer.dropped_messages} older messages no longer fit the context: this "
+                    "question goes without them"
+                )
             print(ANSWER_PREFIX, end="", flush=True)
             for piece in itertools.chain([] if first is None else [first], pieces):
                 shown.append(piece)
@@ -123,11 +129,6 @@ class ChatApp:
             if answer is not None:
                 answer.close()  # after Ctrl-C, this is what makes the server abort the request
         self.session.record(request, "".join(shown).strip())
-        if answer is not None and answer.dropped_messages:
-            info(
-                f"{answer.dropped_messages} older messages no longer fit the context and were left "
-                "out of this question"
-            )
         if answer is not None and answer.finish_reason == "length":
             info(f"the answer stopped at the token limit ({request.arguments['max_tokens']})")
 

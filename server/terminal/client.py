@@ -28,6 +28,7 @@ UNAVAILABLE_WAIT_LIMIT_S = 1800.0  # a 30B model may take many minutes to load, 
 RETRY_DELAY_S = (1.0, 10.0)  # the bounds put on the server's Retry-After
 
 T = TypeVar("T")
+Progress = Callable[[str], None]  # shows what a wait is waiting for
 
 
 class ChatError(Exception):
@@ -126,11 +127,12 @@ class ServerClient:
         page = self._call(self._sdk.models.list)
         return server_info([model.to_dict() for model in page.data], wanted_model)
 
-    def open_answer(self, request: ChatRequest) -> AnswerStream:
+    def open_answer(self, request: ChatRequest, progress: Progress | None = None) -> AnswerStream:
         raw = self._call(
             lambda: self._sdk.chat.completions.with_raw_response.create(
                 **request.arguments, stream=True, extra_body=request.extensions or None
-            )
+            ),
+            progress,
         )
         dropped = raw.headers.get(DROPPED_MESSAGES_HEADER, "0")
         return AnswerStream(raw.parse(), int(dropped) if dropped.isdigit() else 0)
@@ -146,8 +148,11 @@ class ServerClient:
         """airoboros-server's `/v1/chat/render`: the exact prompt of `request`, no generation."""
         return self._call(lambda: self._sdk.post("/chat/render", body=request.body(), cast_to=object))
 
-    def _call(self, call: Callable[[], T]) -> T:
-        """`call()`, waiting out 503s with a spinner; every other failure is a `ChatError`."""
+    def _call(self, call: Callable[[], T], progress: Progress | None = None) -> T:
+        """`call()`, waiting out 503s; every other failure is a `ChatError`.
+
+        The wait is shown through `progress` (the caller's spinner), or a spinner of its own.
+        """
         spinner: Spinner | None = None
         started = time.monotonic()
         try:
@@ -163,9 +168,10 @@ class ServerClient:
                         f"the server is unavailable (503: {error_message(error)}); "
                         f"retrying every {delay:g} s, {waited:.0f} s so far; Ctrl-C stops"
                     )
-                    if spinner is None:
+                    if progress is None:
                         spinner = Spinner(text).__enter__()
-                    spinner.update(text)
+                        progress = spinner.update
+                    progress(text)
                     time.sleep(delay)
                 except openai.APIError as error:
                     raise self._explain(error) from None

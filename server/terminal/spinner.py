@@ -7,7 +7,7 @@ printed once instead. ASCII frames: a terminal without a UTF-8 locale shows them
 
 from __future__ import annotations
 
-import shutil
+import os
 import sys
 import threading
 from types import TracebackType
@@ -55,6 +55,13 @@ class Spinner:
     def _interactive(self) -> bool:
         return self._stream.isatty()
 
+    def _columns(self) -> int:
+        # The terminal's own width: a COLUMNS variable left in the environment may be stale.
+        try:
+            return os.get_terminal_size(self._stream.fileno()).columns
+        except (OSError, ValueError):
+            return 80
+
     def _print_once(self) -> None:
         with self._lock:
             if self._text != self._printed:
@@ -67,7 +74,7 @@ class Spinner:
         while True:
             with self._lock:
                 # One screen line at most: "\r" cannot go back over a wrapped line.
-                width = shutil.get_terminal_size().columns - 1
+                width = self._columns() - 1
                 line = f"{FRAMES[frame % len(FRAMES)]} {self._text}"[:width]
                 padding = max(0, self._drawn - len(line))
                 self._stream.write("\r" + line + " " * padding)

@@ -2,23 +2,22 @@
 
 Each `TmuxTerminal` runs one command in a detached tmux session on its own tmux server (`-L`
 socket), so tests never touch a user's tmux. Every wait is bounded and fails with the screen's
-text; `close()` kills the session and that server. The command's exit status is printed on the
-screen when it ends (`[exit N]`), and the pane stays until the test closes it.
+text; `close()` kills the session and that server. The pane stays after the command ends, with
+its exit status, until the test closes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
-import shlex
 import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 
-EXIT_MARK = re.compile(r"\[exit (\d+)\]")
+import psutil
+
 POLL_S = 0.05
 
 
@@ -30,12 +29,13 @@ class TmuxTerminal:
     def __init__(self, command: Sequence[str], *, cwd: str, env: dict[str, str], width: int = 160, height: int = 50) -> None:
         self.socket = f"airoboros-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.session = "chat"
-        # After the command, print its status and keep the pane (bounded: the test kills it).
-        script = f"{shlex.join(command)}; echo \"[exit $?]\"; sleep 600"
         environment = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
+        # The command runs with no shell between it and the terminal (a shell would take the
+        # terminal's Ctrl-C too); its pane stays after it exits, with its exit status.
         self._tmux(
-            "-f", "/dev/null", "new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height),
-            "-c", cwd, *environment, "sh", "-c", script,
+            "-f", "/dev/null", "start-server", ";", "set-option", "-g", "remain-on-exit", "on", ";",
+            "new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height),
+            "-c", cwd, *environment, *command,
         )
 
     def _tmux(self, *args: str) -> str:
@@ -80,9 +80,29 @@ class TmuxTerminal:
     def wait_for_text(self, needle: str, timeout: float, *, count: int = 1) -> str:
         return self.wait_for(lambda text: text.count(needle) >= count, timeout, f"{needle!r} x{count}")
 
+    def exit_status(self) -> int | None:
+        """The command's exit status once it ended, else None."""
+        fields = self._tmux("display-message", "-p", "-t", self.session, "#{pane_dead} #{pane_dead_status}").split()
+        return int(fields[1]) if fields[:1] == ["1"] and len(fields) > 1 else None
+
+    def _process_state(self) -> str:
+        """The pane's process as `ps` sees it, for a failure message."""
+        pid = int(self._tmux("display-message", "-p", "-t", self.session, "#{pane_pid}").strip() or 0)
+        try:
+            process = psutil.Process(pid)
+            return f"pid {pid} {process.status()}, threads {process.num_threads()}, {' '.join(process.cmdline())}"
+        except psutil.Error as error:
+            return f"pid {pid}: {error}"
+
     def wait_for_exit(self, timeout: float) -> int:
-        text = self.wait_for(lambda t: EXIT_MARK.search(t) is not None, timeout, "the command's exit")
-        return int(EXIT_MARK.search(text).group(1))
+        deadline = time.monotonic() + timeout
+        while (status := self.exit_status()) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"the command did not exit in {timeout:.0f} s ({self._process_state()}); screen:\n{self.screen()}"
+                )
+            time.sleep(POLL_S)
+        return status
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
