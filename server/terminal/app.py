@@ -129,6 +129,8 @@ class ChatApp:
             if answer is not None:
                 answer.close()  # after Ctrl-C, this is what makes the server abort the request
         self.session.record(request, "".join(shown).strip())
+        if not "".join(shown).strip():
+            info("the model ended its turn without a word")
         if answer is not None and answer.finish_reason == "length":
             info(f"the answer stopped at the token limit ({request.arguments['max_tokens']})")
 

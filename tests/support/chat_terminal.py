@@ -28,7 +28,7 @@ def prompt_count(screen: str) -> int:
 @contextlib.contextmanager
 def chat_terminal(url: str, *flags: str, api_key: str | None = None, expect_prompt: bool = True) -> Iterator[TmuxTerminal]:
     if not tmux_available():
-        pytest.fail("tmux is not installed: `make deploy-tools` installs it (or apt-get install tmux)", pytrace=False)
+        pytest.fail("tmux is not installed: `make test-tools` installs it (or apt-get install tmux)", pytrace=False)
     command = [sys.executable, "-m", "server", "chat", "--url", url, *flags]
     if api_key is not None:
         command += ["--api-key", api_key]
