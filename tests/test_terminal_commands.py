@@ -250,3 +250,44 @@ def test_the_readme_documents_every_chat_flag_and_command():
     missing = [flag for flag in flags if f"`{flag}" not in section]
     missing += [f"/{name}" for name in COMMANDS if f"`/{name}" not in section]
     assert not missing, f"README's terminal chat section lacks: {missing}"
+
+
+# --- flags --------------------------------------------------------------------------------------
+
+
+def chat_flags(*argv: str) -> dict:
+    from server.cli import build_parser
+
+    arguments = vars(build_parser().parse_args(["chat", *argv]))
+    arguments.pop("command")
+    return arguments
+
+
+def test_the_flags_default_to_the_model_cards_chat(monkeypatch):
+    from server.terminal.options import chat_options
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    options = chat_options(chat_flags())
+    assert (options.url, options.model, options.api_key) == ("http://127.0.0.1:8000", None, None)
+    assert (options.temperature, options.max_new_tokens, options.history, options.plain) == (0.5, 2048, True, False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    assert chat_options(chat_flags()).api_key == "sk-env"
+    assert chat_options(chat_flags("--api-key", "sk-flag")).api_key == "sk-flag"
+    options = chat_options(chat_flags("--no-history", "--plain", "--system", "", "--temperature", "0"))
+    assert (options.history, options.plain, options.system, options.temperature) == (False, True, "", 0.0)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (("--temperature", "3"), "must be between 0 and 2"),
+        (("--temperature", "warm"), "not a number"),
+        (("--max-new-tokens", "0"), "must be at least 1"),
+        (("--url", "localhost:8000"), "must start with http:// or https://"),
+    ],
+)
+def test_bad_flags_are_one_line_naming_the_flag(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as raised:
+        chat_flags(*argv)
+    assert raised.value.code == 2
+    assert f"argument {argv[0]}: {fragment}" in capsys.readouterr().err

@@ -97,13 +97,10 @@ class ChatApp:
         shown: list[str] = []
         answer: AnswerStream | None = None
         try:
-            spinner = Spinner("waiting for the answer; Ctrl-C stops").__enter__()
-            try:
+            with Spinner("waiting for the answer; Ctrl-C stops") as spinner:
                 answer = self.client.open_answer(request, progress=spinner.update)
                 pieces = self.client.read_answer(answer)
                 first = next(pieces, None)
-            finally:
-                spinner.stop()
             if answer.dropped_messages:
                 info(
                     f"{answer.dropped_messages} older messages no longer fit the context: this "
@@ -127,7 +124,7 @@ class ChatApp:
             return
         finally:
             if answer is not None:
-                answer.close()  # after Ctrl-C, this is what makes the server abort the request
+                answer.close()  # the connection goes; the server aborts a request whose client left
         self.session.record(request, "".join(shown).strip())
         if not "".join(shown).strip():
             info("the model ended its turn without a word")

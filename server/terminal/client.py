@@ -124,7 +124,12 @@ class ServerClient:
         self._has_key = api_key is not None
 
     def connect(self, wanted_model: str | None) -> ServerInfo:
-        page = self._call(self._sdk.models.list)
+        try:
+            page = self._call(self._sdk.models.list)
+        except StatusError as problem:
+            if problem.status != 404:
+                raise
+            raise ChatError(f"{self.url} has no /v1/models: is it an OpenAI-compatible server's address?") from None
         return server_info([model.to_dict() for model in page.data], wanted_model)
 
     def open_answer(self, request: ChatRequest, progress: Progress | None = None) -> AnswerStream:

@@ -49,8 +49,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _http_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"must start with http:// or https://, got {text!r}")
+    return text
+
+
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"the server's address [default {DEFAULT_URL}]")
+    parser.add_argument("--url", type=_http_url, default=DEFAULT_URL, help=f"the server's address [default {DEFAULT_URL}]")
     parser.add_argument("--model", default=None, help="the model name [default: the server's first model]")
     parser.add_argument(
         "--api-key", default=None,

@@ -1,8 +1,9 @@
 """The progress line while the client waits for the server: a spinner and what it waits for.
 
 A background thread redraws one line on a terminal ten times a second and erases it when the
-wait ends, so the answer starts on a clean line. Written to a pipe or a file, each new text is
-printed once instead. ASCII frames: a terminal without a UTF-8 locale shows them too.
+wait ends, so the answer starts on a clean line. Written to a pipe or a file, only the texts
+given by `update` (what a long wait is waiting for) are printed, once each. ASCII frames: a
+terminal without a UTF-8 locale shows them too.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ class Spinner:
         if self._interactive():
             self._thread = threading.Thread(target=self._run, name="chat-spinner", daemon=True)
             self._thread.start()
-        else:
-            self._print_once()
         return self
 
     def __exit__(
