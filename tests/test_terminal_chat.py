@@ -15,7 +15,7 @@ import shlex
 import httpx
 import pytest
 
-from tests.support.chat_terminal import chat_terminal, last_answer, prompt_count, send_and_wait
+from tests.support.chat_terminal import answer_under_way, chat_terminal, last_answer, prompt_count, send_and_wait
 from tests.support.load import metric_value, scrape, wait_for_metric
 
 pytestmark = pytest.mark.engine
@@ -157,8 +157,9 @@ def test_ctrl_c_stops_the_answer_the_server_aborts_it_and_the_chat_goes_on(defau
     with chat_terminal(base, "--temperature", "0", "--max-new-tokens", "80") as terminal:
         aborted_before = metric(default_server, "airoboros_requests_aborted_total", reason="disconnect")
         prompts = prompt_count(terminal.screen())
-        terminal.submit("Count from 1 to 500, separated by commas.")
-        terminal.wait_for(lambda s: "ASSISTANT: " in s and len(last_answer(s)) >= 4, ANSWER_TIMEOUT_S, "the answer's start")
+        question = "Count from 1 to 500, separated by commas."
+        terminal.submit(question)
+        terminal.wait_for(answer_under_way(question, 4), ANSWER_TIMEOUT_S, "the answer's start")
         running, _, _ = wait_for_metric(base, "vllm:num_requests_running", lambda v: v >= 1, 5)
         terminal.send_keys("C-c")
         screen = terminal.wait_for(lambda s: prompt_count(s) > prompts, 30, "the prompt after Ctrl-C")
@@ -243,10 +244,7 @@ def test_a_long_chat_drops_older_turns_and_says_so(default_server):
         for question in ("Count from 1 to 500.", "Go on."):
             prompts = prompt_count(terminal.screen())
             terminal.submit(question)
-            terminal.wait_for(
-                lambda s: s.rfind("ASSISTANT: ") > s.rfind(question) and len(last_answer(s)) >= 30,
-                ANSWER_TIMEOUT_S, f"the answer to {question!r}",
-            )
+            terminal.wait_for(answer_under_way(question, 30), ANSWER_TIMEOUT_S, f"the answer to {question!r}")
             terminal.send_keys("C-c")
             screen = terminal.wait_for(lambda s: prompt_count(s) > prompts, 30, "the prompt after Ctrl-C")
     notes = screen.split("Go on.")[-1]
@@ -259,7 +257,7 @@ def test_max_new_tokens_beyond_the_context_answers_in_the_room_left(default_serv
         prompts = prompt_count(terminal.screen())
         terminal.submit(question)
         screen = terminal.wait_for(
-            lambda s: prompt_count(s) > prompts or ("ASSISTANT: " in s and len(last_answer(s)) >= 6),
+            lambda s: prompt_count(s) > prompts or answer_under_way(question, 6)(s),
             ANSWER_TIMEOUT_S, "the answer",
         )
         if prompt_count(screen) == prompts:  # no need to wait for thousands of tokens

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -59,3 +59,13 @@ def last_answer(screen: str) -> str:
     for mark in ("\n" + NOTE_PREFIX, "^C"):
         text = text.split(mark)[0]
     return text.strip()
+
+
+def answer_under_way(question: str, min_chars: int) -> Callable[[str], bool]:
+    """A screen predicate: the answer to `question` (echoed first) shows `min_chars` or more."""
+
+    def holds(screen: str) -> bool:
+        asked = screen.rfind(question)
+        return asked >= 0 and screen.rfind("ASSISTANT: ") > asked and len(last_answer(screen)) >= min_chars
+
+    return holds

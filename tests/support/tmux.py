@@ -2,14 +2,15 @@
 
 Each `TmuxTerminal` runs one command in a detached tmux session on its own tmux server (`-L`
 socket), so tests never touch a user's tmux. Every wait is bounded and fails with the screen's
-text; `close()` kills the session and that server. The pane stays after the command ends, with
-its exit status, until the test closes it.
+text; `close()` kills the session and that server. When the command ends, its exit status is
+written on the screen (`[terminal exit N]`) and the pane stays until the test closes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -19,6 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 import psutil
 
 POLL_S = 0.05
+EXIT_MARK_TEXT = "[terminal exit "
+EXIT_MARK = re.compile(re.escape(EXIT_MARK_TEXT) + r"(\d+)\]")
 
 
 def tmux_available() -> bool:
@@ -30,12 +33,14 @@ class TmuxTerminal:
         self.socket = f"airoboros-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.session = "chat"
         environment = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
-        # The command runs with no shell between it and the terminal (a shell would take the
-        # terminal's Ctrl-C too); its pane stays after it exits, with its exit status.
+        # A shell runs the command and then writes its exit status on the screen and waits
+        # (the test kills it). It reaps the command itself: tmux 3.3 sometimes leaves a pane's
+        # exited process a zombie, never marking the pane dead. Its no-op INT trap keeps it
+        # alive through the Ctrl-C the tests send; the command gets Ctrl-C as usual.
+        script = f'trap : INT; "$@"; echo "{EXIT_MARK_TEXT}$?]"; exec sleep 600'
         self._tmux(
-            "-f", "/dev/null", "start-server", ";", "set-option", "-g", "remain-on-exit", "on", ";",
-            "new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height),
-            "-c", cwd, *environment, *command,
+            "-f", "/dev/null", "new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height),
+            "-c", cwd, *environment, "sh", "-c", script, "sh", *command,
         )
 
     def _tmux(self, *args: str) -> str:
@@ -82,17 +87,17 @@ class TmuxTerminal:
 
     def exit_status(self) -> int | None:
         """The command's exit status once it ended, else None."""
-        fields = self._tmux("display-message", "-p", "-t", self.session, "#{pane_dead} #{pane_dead_status}").split()
-        return int(fields[1]) if fields[:1] == ["1"] and len(fields) > 1 else None
+        found = EXIT_MARK.search(self.screen())
+        return int(found.group(1)) if found else None
 
     def _process_state(self) -> str:
-        """The pane's process as `ps` sees it, for a failure message."""
-        pid = int(self._tmux("display-message", "-p", "-t", self.session, "#{pane_pid}").strip() or 0)
+        """The command's process as `ps` sees it (the pane's shell's child), for a failure message."""
+        shell = int(self._tmux("display-message", "-p", "-t", self.session, "#{pane_pid}").strip() or 0)
         try:
-            process = psutil.Process(pid)
-            return f"pid {pid} {process.status()}, threads {process.num_threads()}, {' '.join(process.cmdline())}"
+            children = psutil.Process(shell).children()
+            return "; ".join(f"pid {c.pid} {c.status()}, {' '.join(c.cmdline())}" for c in children) or "no process"
         except psutil.Error as error:
-            return f"pid {pid}: {error}"
+            return f"shell {shell}: {error}"
 
     def wait_for_exit(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
