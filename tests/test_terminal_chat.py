@@ -60,7 +60,7 @@ class PromptTokens:
 
 def save(terminal, path) -> list[dict]:
     screen = send_and_wait(terminal, f"/save {shlex.quote(str(path))}", 30)
-    assert f"[chat] wrote " in screen, screen
+    assert "[chat] wrote " in screen, screen
     return json.loads(path.read_text())
 
 
@@ -246,7 +246,7 @@ def test_a_long_chat_drops_older_turns_and_says_so(default_server):
             terminal.submit(question)
             terminal.wait_for(answer_under_way(question, 30), ANSWER_TIMEOUT_S, f"the answer to {question!r}")
             terminal.send_keys("C-c")
-            screen = terminal.wait_for(lambda s: prompt_count(s) > prompts, 30, "the prompt after Ctrl-C")
+            screen = terminal.wait_for(lambda s, before=prompts: prompt_count(s) > before, 30, "the prompt after Ctrl-C")
     notes = screen.split("Go on.")[-1]
     assert "[chat] 2 older messages no longer fit the context: this question goes without them" in notes
 

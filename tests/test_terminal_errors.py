@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from server.terminal.app import ChatApp, NEEDS_AIROBOROS
+from server.terminal.app import NEEDS_AIROBOROS, ChatApp
 from server.terminal.client import ServerInfo
 from server.terminal.commands import parse_line
 from server.terminal.session import Session
@@ -82,6 +82,13 @@ def test_a_loading_server_is_waited_out_with_a_spinner_until_ctrl_c(loading):
         terminal.send_keys("C-c")
         screen = terminal.wait_for(lambda s: prompt_count(s) > prompts, 20, "the prompt after Ctrl-C")
         assert "[stopped]" in screen and "Traceback" not in screen
+        # A command's wait (/prompt renders on the server) stops the same way.
+        prompts = prompt_count(screen)
+        terminal.submit("/prompt Hello?")
+        terminal.wait_for(lambda s: "the server is unavailable (503" in s.split("/prompt Hello?")[-1], 30, "the /prompt wait")
+        terminal.send_keys("C-c")
+        screen = terminal.wait_for(lambda s: prompt_count(s) > prompts, 20, "the prompt after Ctrl-C")
+        assert screen.count("[stopped]") == 2 and "Traceback" not in screen
         terminal.send_keys("C-d")
         assert terminal.wait_for_exit(EXIT_TIMEOUT_S) == 0
 

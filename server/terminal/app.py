@@ -64,18 +64,31 @@ class ChatApp:
     def run(self) -> int:
         self.greet()
         while True:
-            text = self.reader.read()
+            try:
+                text = self.reader.read()
+            except KeyboardInterrupt:  # Ctrl-C while reading from a pipe
+                return 130
             if text is None:
                 return 0
             try:
-                action = parse_line(text)
-            except CommandError as problem:
-                error(str(problem))
-                continue
-            if isinstance(action, Question):
-                self.ask(action.text)
-            elif isinstance(action, Command) and not self.handlers[action.name](action):
-                return 0
+                if not self.handle(text):
+                    return 0
+            except KeyboardInterrupt:  # Ctrl-C during a command's wait (/prompt on a loading server)
+                print(STOPPED_MARK, flush=True)
+
+    def handle(self, text: str) -> bool:
+        """Run one submitted input; False to leave."""
+        try:
+            action = parse_line(text)
+        except CommandError as problem:
+            error(str(problem))
+            return True
+        if isinstance(action, Question):
+            self.ask(action.text)
+            return True
+        if isinstance(action, Command):
+            return self.handlers[action.name](action)
+        return True
 
     def greet(self) -> None:
         server, session = self.server, self.session

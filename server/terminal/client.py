@@ -84,6 +84,12 @@ def error_message(error: openai.APIStatusError) -> str:
     return " ".join(text.split())[:200] or error.response.reason_phrase
 
 
+def connection_failure(error: openai.APIConnectionError) -> str:
+    """What went wrong underneath (refused, reset, ...): the SDK's own message only says "Connection error"."""
+    cause = error.__cause__ or error.__context__
+    return str(cause) if cause is not None and str(cause) else error.message
+
+
 def retry_delay(error: openai.APIStatusError) -> float:
     low, high = RETRY_DELAY_S
     try:
@@ -143,11 +149,16 @@ class ServerClient:
         return AnswerStream(raw.parse(), int(dropped) if dropped.isdigit() else 0)
 
     def read_answer(self, answer: AnswerStream) -> Iterator[str]:
-        """The answer's pieces, with an error inside the stream turned into a `ChatError`."""
+        """The answer's pieces; an error event in the stream, or the stream breaking off (the
+        SDK lets its HTTP library's transport errors through here), becomes a `ChatError`."""
         try:
             yield from answer
+        except openai.APIConnectionError as error:
+            raise ChatError(f"the answer broke off: {connection_failure(error)}") from None
         except openai.APIError as error:
             raise self._explain(error) from None
+        except Exception as error:  # noqa: BLE001 - a connection lost mid-answer: one line, not a traceback
+            raise ChatError(f"the answer broke off: {error or type(error).__name__}") from None
 
     def render(self, request: ChatRequest) -> dict:
         """airoboros-server's `/v1/chat/render`: the exact prompt of `request`, no generation."""
@@ -188,9 +199,7 @@ class ServerClient:
         if isinstance(error, openai.APITimeoutError):
             return ChatError(f"the server at {self.url} did not answer within {REQUEST_TIMEOUT_S:g} s")
         if isinstance(error, openai.APIConnectionError):
-            cause = error.__cause__ or error.__context__
-            reason = str(cause) if cause is not None and str(cause) else error.message
-            return ChatError(f"cannot reach the server at {self.url}: {reason}")
+            return ChatError(f"cannot reach the server at {self.url}: {connection_failure(error)}")
         if isinstance(error, openai.AuthenticationError):
             hint = "check --api-key or $OPENAI_API_KEY" if self._has_key else "give one with --api-key or $OPENAI_API_KEY"
             return ChatError(f"the server refused the API key (401: {error_message(error)}); {hint}")

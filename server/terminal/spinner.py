@@ -16,6 +16,7 @@ from typing import TextIO
 
 FRAMES = "|/-\\"
 FRAME_SECONDS = 0.1
+CLEAR_TO_END = "\x1b[K"  # ANSI "erase in line": every terminal emulator in use knows it
 
 
 class Spinner:
@@ -25,7 +26,6 @@ class Spinner:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
-        self._drawn = 0  # characters on the line now, to erase them
         self._printed: str | None = None  # the last text written to a non-terminal
 
     def update(self, text: str) -> None:
@@ -34,7 +34,7 @@ class Spinner:
         if not self._interactive():
             self._print_once()
 
-    def __enter__(self) -> "Spinner":
+    def __enter__(self) -> Spinner:
         if self._interactive():
             self._thread = threading.Thread(target=self._run, name="chat-spinner", daemon=True)
             self._thread.start()
@@ -75,12 +75,11 @@ class Spinner:
                 # One screen line at most: "\r" cannot go back over a wrapped line.
                 width = self._columns() - 1
                 line = f"{FRAMES[frame % len(FRAMES)]} {self._text}"[:width]
-                padding = max(0, self._drawn - len(line))
-                self._stream.write("\r" + line + " " * padding)
+                self._stream.write("\r" + line + CLEAR_TO_END)
                 self._stream.flush()
-                self._drawn = len(line)
             frame += 1
             if self._stopped.wait(FRAME_SECONDS):
                 break
-        self._stream.write("\r" + " " * self._drawn + "\r")
+        # Erases the whole line, a `^C` the terminal echoed after the text included.
+        self._stream.write("\r" + CLEAR_TO_END)
         self._stream.flush()
