@@ -42,6 +42,7 @@ class TmuxTerminal:
             "-f", "/dev/null", "new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height),
             "-c", cwd, *environment, "sh", "-c", script, "sh", *command,
         )
+        self.socket_path = self._tmux("display-message", "-p", "#{socket_path}").strip()
 
     def _tmux(self, *args: str) -> str:
         result = subprocess.run(
@@ -112,6 +113,9 @@ class TmuxTerminal:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._tmux("kill-server")
+        # tmux leaves its socket file behind when killed.
+        with contextlib.suppress(OSError):
+            os.unlink(self.socket_path)
 
 
 @contextlib.contextmanager
