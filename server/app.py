@@ -1,4 +1,5 @@
-"""The FastAPI application: routes, error handlers, middlewares and the lifespan."""
+"""The FastAPI application, and the one place its parts are built: state, services, lifecycle,
+routes, error handlers and middlewares."""
 
 from __future__ import annotations
 
@@ -7,21 +8,26 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from prompt_formats import get_format
+
 from server import __version__
+from server.api import operations, routes
+from server.api.chat import ChatService
+from server.api.completions import CompletionService
+from server.api.context import Services
+from server.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from server.errors import install_error_handlers
-from server.lifecycle import Lifecycle
 from server.metrics import Metrics
-from server.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
-from server.routes import router
+from server.ops.lifecycle import Lifecycle
+from server.ops.state import ServerState
 from server.settings import Settings
-from server.state import ServerState
 
 
 def served_model_name(settings: Settings) -> str:
     if settings.served_model_name:
         return settings.served_model_name
     if settings.model is None:
-        from server.default_model import SERVED_NAME
+        from server.engine.default_model import SERVED_NAME
 
         return SERVED_NAME
     return settings.model.resolve().name
@@ -52,7 +58,12 @@ def create_app(
     )
     app.state.server = state
     app.state.lifecycle = lifecycle
-    app.include_router(router)
+    app.state.services = Services(
+        chat=ChatService(settings, get_format(settings.prompt_format)),
+        completions=CompletionService(settings),
+    )
+    app.include_router(routes.router)
+    app.include_router(operations.router)
     install_error_handlers(app)
     # Added innermost first: the request id wraps everything, so even a 401 or 413 carries it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import typing
 from typing import Any
@@ -91,12 +90,13 @@ def configure_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = load_settings(args)
     configure_logging(settings.log_level)
     if command == "prepare-default-model":
-        from server.default_model import prepare_default_model
+        from server.engine.args import apply_engine_environment
+        from server.engine.default_model import prepare_default_model
 
+        apply_engine_environment(settings)
         print(prepare_default_model(settings.resolved_cache_dir()))
         return 0
     if settings.api_key_file is not None:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         # An empty key file would silently turn authentication off: refuse it instead.
         if not settings.load_api_keys():
             raise SystemExit(f"airoboros-server: API key file {settings.api_key_file} holds no key")
-    from server.runner import run
+    from server.serve import run
 
     return run(settings)
 

@@ -95,10 +95,6 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @property
-    def uses_default_model(self) -> bool:
-        return self.model is None
-
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir.expanduser()
 

@@ -61,40 +61,6 @@ def route_label(path: str) -> str:
     return "other"
 
 
-class OutputTranscript:
-    """The text of each choice, for the access log when `--log-prompts` asks for it.
-
-    Fed either a whole response body or a stream's JSON payloads, chat or completions alike.
-    """
-
-    def __init__(self) -> None:
-        self._texts: dict[int, list[str]] = {}
-
-    def _add_choices(self, choices: list[dict], key: str) -> None:
-        for choice in choices:
-            part = choice.get(key) or {}
-            text = part.get("content") if isinstance(part, dict) else part
-            if isinstance(text, str):
-                self._texts.setdefault(int(choice.get("index", 0)), []).append(text)
-
-    def add_body(self, body: dict) -> None:
-        choices = body.get("choices") or []
-        self._add_choices(choices, "message" if body.get("object") == "chat.completion" else "text")
-
-    def add_payload(self, payload: object) -> None:
-        if not isinstance(payload, str) or not payload.startswith("{"):
-            return
-        try:
-            chunk = json.loads(payload)
-        except ValueError:
-            return
-        choices = chunk.get("choices") or []
-        self._add_choices(choices, "delta" if chunk.get("object") == "chat.completion.chunk" else "text")
-
-    def texts(self) -> list[str]:
-        return ["".join(self._texts[index]) for index in sorted(self._texts)]
-
-
 class RequestContextMiddleware:
     """Gives every request an id (echoed as X-Request-Id) and writes one JSON access-log line."""
 

@@ -88,7 +88,6 @@ def _convert(gguf_path: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     source_dir, filename = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=filename)
     # transformers shows a progress bar while it dequantizes the GGUF tensors.
@@ -111,8 +110,3 @@ def _clean_config(config_path: Path) -> None:
     config.pop("quantization_config", None)
     config.pop("_model_name_or_path", None)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def remove_cached(cache_dir: Path) -> None:
-    for path in cache_dir.glob("smollm2-135m-instruct-*"):
-        shutil.rmtree(path, ignore_errors=True)

@@ -1,30 +1,25 @@
-"""Request fields → vLLM `SamplingParams`, with the checks that need the loaded model."""
+"""Request fields → vLLM `SamplingParams`, with the checks that need the loaded model.
+
+`request` is any object with the OpenAI sampling fields (`server.api.protocol.SamplingFields`);
+the engine package reads them by name and imports nothing from the HTTP layer.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from server.engine import ModelInfo, as_rejection, client_error_types
+from server.engine.engine import ModelInfo, as_rejection, client_error_types
 from server.errors import invalid_request
-from server.protocol import ResponseFormat, SamplingFields
-from server.settings import Settings
 
 # OpenAI's default when neither the request nor the checkpoint's generation config says.
 OPENAI_DEFAULT_TEMPERATURE = 1.0
 
 
-def check_n(request: SamplingFields, settings: Settings) -> None:
-    if request.n > settings.max_n:
-        raise invalid_request(
-            f"n={request.n} is more than this server allows ({settings.max_n}).", param="n"
-        )
-
-
-def logit_bias_by_id(request: SamplingFields, info: ModelInfo) -> dict[int, float] | None:
-    if not request.logit_bias:
+def logit_bias_by_id(logit_bias: dict[str, float] | None, info: ModelInfo) -> dict[int, float] | None:
+    if not logit_bias:
         return None
     bias: dict[int, float] = {}
-    for key, value in request.logit_bias.items():
+    for key, value in logit_bias.items():
         token_id = int(key)
         if not 0 <= token_id < info.vocab_size:
             raise invalid_request(
@@ -35,19 +30,19 @@ def logit_bias_by_id(request: SamplingFields, info: ModelInfo) -> dict[int, floa
     return bias
 
 
-def structured_outputs(response_format: ResponseFormat | None) -> Any:
-    if response_format is None or response_format.type == "text":
+def structured_outputs(json_schema: dict[str, Any] | None, json_object: bool) -> Any:
+    """vLLM's constrained decoding for a JSON schema or any JSON object; None for free text."""
+    if json_schema is None and not json_object:
         return None
     from vllm.sampling_params import StructuredOutputsParams
 
-    if response_format.type == "json_object":
-        return StructuredOutputsParams(json_object=True)
-    assert response_format.json_schema is not None
-    return StructuredOutputsParams(json=response_format.json_schema.schema_)
+    if json_schema is not None:
+        return StructuredOutputsParams(json=json_schema)
+    return StructuredOutputsParams(json_object=True)
 
 
 def build_sampling_params(
-    request: SamplingFields,
+    request: Any,
     *,
     info: ModelInfo,
     max_tokens: int,
@@ -55,7 +50,8 @@ def build_sampling_params(
     stream: bool,
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
-    response_format: ResponseFormat | None = None,
+    json_schema: dict[str, Any] | None = None,
+    json_object: bool = False,
 ) -> Any:
     from vllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -82,9 +78,10 @@ def build_sampling_params(
             min_tokens=request.min_tokens or 0,
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
-            logit_bias=logit_bias_by_id(request, info),
-            structured_outputs=structured_outputs(response_format),
-            # Streams get only what is new each step; non-streams only the final state.
+            logit_bias=logit_bias_by_id(request.logit_bias, info),
+            structured_outputs=structured_outputs(json_schema, json_object),
+            # Streams get only what is new each step (merged by vLLM when the reader falls
+            # behind); non-streams only the final state.
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
             skip_special_tokens=True,
         )
@@ -92,3 +89,10 @@ def build_sampling_params(
         # vLLM's own checks (e.g. min_tokens above max_tokens) are client mistakes.
         rejection = as_rejection(error)
         raise invalid_request(rejection.message, param=rejection.param) from error
+
+
+def warmup_params() -> Any:
+    """Two greedy tokens, final output only: the generation that proves the engine serves."""
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+    return SamplingParams(max_tokens=2, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)

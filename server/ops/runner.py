@@ -1,4 +1,4 @@
-"""Runs uvicorn with the server's own exit-signal handling (see `server.lifecycle`).
+"""Runs uvicorn with the server's own exit-signal handling (see `server.ops.lifecycle`).
 
 uvicorn on SIGTERM/SIGINT stops listening at once, waits for open connections, and after its
 shutdown raises the signal again, so the process dies of it (exit status -15). Here instead:
@@ -16,7 +16,6 @@ SIGUSR1 writes every thread's stack to stderr and changes nothing else.
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import logging
 import signal
 from types import FrameType
@@ -24,8 +23,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from server.app import create_app
-from server.lifecycle import Lifecycle
+from server.ops.lifecycle import Lifecycle
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -56,7 +54,7 @@ class DrainingServer(uvicorn.Server):
             self._call_on_loop(self.stop_serving)
             return
         self._exit_signalled = True
-        self.lifecycle.mark_draining()
+        self.lifecycle.delist()
         self._call_on_loop(self._after_exit_signal)
 
     def _call_on_loop(self, callback) -> None:  # noqa: ANN001
@@ -93,26 +91,3 @@ def uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
         log_config=None,
         lifespan="on",
     )
-
-
-def run(settings: Settings) -> int:
-    exit_code = {"value": 0}
-    server: DrainingServer | None = None
-
-    def request_exit(code: int) -> None:
-        exit_code["value"] = max(exit_code["value"], code)
-        if server is not None:
-            server.should_exit = True
-
-    # `kill -USR1 <pid>`: where a start-up or request that seems stuck is waiting, from the log
-    # alone, without a debugger in the image.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    app = create_app(settings, request_exit=request_exit)
-    lifecycle: Lifecycle = app.state.lifecycle
-    server = DrainingServer(uvicorn_config(settings, app), lifecycle, settings.shutdown_delay)
-    logger.info("listening on http://%s:%d", settings.host, settings.port)
-    server.run()
-    if app.state.server.phase == "dead":
-        exit_code["value"] = max(exit_code["value"], 1)
-    logger.info("stopped (exit code %d)", exit_code["value"])
-    return exit_code["value"]

@@ -40,6 +40,11 @@ class ResponseFormat(_Request):
             raise ValueError("response_format.json_schema.schema is required for type 'json_schema'")
         return self
 
+    @property
+    def schema_dict(self) -> dict[str, Any] | None:
+        """The JSON schema to constrain decoding to (json_schema only)."""
+        return self.json_schema.schema_ if self.type == "json_schema" and self.json_schema else None
+
 
 class Document(_Request):
     """A closed-context input block (prompt-format.md, `documents`)."""

@@ -1,8 +1,11 @@
-"""Per-request bookkeeping: deadline, drain signal, timings and tokens, for metrics and the access log."""
+"""Per-request bookkeeping: deadline, timings and tokens, for metrics, usage and the access log.
+
+Histograms are observed once per request (`finish`), counters once per choice; nothing here runs
+per token except the two integer additions the generation path makes itself.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,14 +13,14 @@ from typing import Any
 from server.metrics import Metrics
 
 
-def classify_stop(finish_reason: str | None, stop_reason: Any, prompt_format: Any = None) -> str:
-    """Why a choice ended, in the metric's words: eos, </s>, USER:, client_stop, length, abort."""
+def classify_stop(finish_reason: str | None, stop_reason: Any, format_stops: tuple[str, ...] = ()) -> str:
+    """Why a choice ended, in the metric's words: eos, a format stop string (`</s>`, `USER:`),
+    client_stop, stop_token, length, abort."""
     if finish_reason == "length":
         return "length"
     if finish_reason == "abort":
         return "abort"
     if isinstance(stop_reason, str):
-        format_stops = getattr(prompt_format, "stop_strings", ())
         return stop_reason if stop_reason in format_stops else "client_stop"
     if isinstance(stop_reason, int):
         return "stop_token"
@@ -30,7 +33,6 @@ class Outcome:
     request_id: str
     metrics: Metrics
     deadline: float
-    stop_event: asyncio.Event | None = None
     arrival: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     prompt_tokens: int = 0

@@ -2,14 +2,14 @@
 
 - Start-up: the HTTP server listens at once (liveness answers), while the model is prepared and
   loaded in a worker thread; a warm-up generation must succeed before readiness turns 200.
-- Drain (SIGTERM/SIGINT, driven by `server.runner`): `mark_draining` turns readiness 503 at once
+- Drain (SIGTERM/SIGINT, driven by `server.ops.runner`): `delist` turns readiness 503 at once
   (requests are still served during `--shutdown-delay`); `begin_drain` then refuses new work and
   starts the drain clock while uvicorn closes its listening socket and waits for in-flight
-  connections; requests still running at the deadline are stopped with an error (a stream gets
-  a final error event and `[DONE]`); the lifespan's end shuts the engine down; exit 0.
+  connections; requests still running at the deadline are interrupted (a stream gets a final
+  error event); the lifespan's end shuts the engine down; exit 0.
 - Engine death: vLLM marks the engine dead when its core process exits; liveness and readiness
-  read that flag and turn 503 at once. A watchdog sees it within a second, stops whatever is
-  still waiting on the engine with a clear error, gives the answers a moment to go out, kills
+  read that flag and turn 503 at once. A watchdog sees it within a second, interrupts whatever
+  still waits on the engine with a clear error, gives the answers a moment to go out, kills
   engine processes left running (a worker outlives a killed engine core), and asks the process
   to exit non-zero so the orchestrator restarts it.
 """
@@ -23,14 +23,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from prompt_formats import get_format
+import psutil
 
-from server.admission import AdmissionGate
-from server.chat import ChatService
-from server.completions import CompletionService
 from server.engine import Engine
-from server.generation import run_generation
-from server.state import ServerState
+from server.engine.processes import engine_processes, reap
+from server.engine.sampling import warmup_params
+from server.generation import EnginePrompt, run_generation
+from server.generation.loop import DRAIN, ENGINE_DEAD
+from server.ops.state import Phase, ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -38,47 +38,16 @@ WATCHDOG_INTERVAL_S = 0.5
 # After the engine died: time for in-flight requests' error answers to reach their clients.
 ENGINE_DEATH_GRACE_S = 2.0
 WARMUP_PROMPT = "Hello"
+WARMUP_TIMEOUT_S = 600
 
 
 def resolve_model_dir(state: ServerState) -> Path:
     settings = state.settings
     if settings.model is not None:
         return settings.model
-    from server.default_model import prepare_default_model
+    from server.engine.default_model import prepare_default_model
 
     return prepare_default_model(settings.resolved_cache_dir())
-
-
-def engine_processes() -> list:
-    """The processes vLLM started for the engine (engine core, workers), not multiprocessing's
-    resource tracker, which ends by itself once nothing holds its pipe."""
-    import psutil  # a vLLM dependency
-
-    processes = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "resource_tracker" not in " ".join(child.cmdline()):
-                processes.append(child)
-        except psutil.Error:
-            pass
-    return processes
-
-
-def reap(processes: list) -> None:
-    """Kill engine processes still running: a worker whose engine core was killed lives on,
-    orphaned, busy, holding its memory. psutil checks each is the process it was (no pid reuse)."""
-    import psutil
-
-    alive = []
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                alive.append(process)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            logger.warning("killing engine process %d (%s), still running", process.pid, process.name())
-            process.kill()
-    psutil.wait_procs(alive, timeout=5)
 
 
 class Lifecycle:
@@ -87,8 +56,12 @@ class Lifecycle:
         self.request_exit = request_exit or (lambda code: None)
         self._loader: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
-        self._engine_processes: list = []
-        self._stopping = False
+        self._engine_processes: list[psutil.Process] = []
+
+    def _die(self, message: str, error: BaseException | None = None) -> None:
+        logger.error(message, exc_info=error)
+        self.state.advance(Phase.DEAD)
+        self.request_exit(1)
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -102,45 +75,29 @@ class Lifecycle:
             model_dir = await asyncio.to_thread(resolve_model_dir, state)
             engine = await asyncio.to_thread(Engine.start, state.settings, model_dir, state.served_name)
         except Exception as error:  # noqa: BLE001 - a failed start must end the process
-            logger.error("the model could not be loaded: %s", error, exc_info=error)
-            state.startup_error = str(error)
-            state.phase = "dead"
-            self.request_exit(1)
+            self._die(f"the model could not be loaded: {error}", error)
             return
-        if self._stopping:
-            engine.shutdown()
-            return
-        self._engine_processes = await asyncio.to_thread(engine_processes)
         state.engine = engine
-        state.chat = ChatService(engine, state.settings, get_format(state.settings.prompt_format))
-        state.completions = CompletionService(engine, state.settings)
-        state.admission = AdmissionGate(state.settings.max_inflight, state.metrics)
+        self._engine_processes = await asyncio.to_thread(engine_processes)
+        if not state.advance(Phase.WARMING):
+            return  # stopped while loading: the lifespan's end shuts the engine down
         self._watchdog = asyncio.create_task(self._watch_engine())
         if state.settings.warmup:
             try:
                 await self._warm_up(engine)
             except Exception as error:  # noqa: BLE001
-                if self._stopping:
-                    return  # stopped by the shutdown, not a broken engine
-                logger.error("warm-up generation failed: %s", error, exc_info=error)
-                state.phase = "dead"
-                self.request_exit(1)
-                return
-        state.warmed = True
-        if state.phase == "starting":
-            state.phase = "ready"
+                if state.phase is Phase.WARMING:
+                    self._die(f"warm-up generation failed: {error}", error)
+                return  # otherwise stopped by the shutdown, not a broken engine
+        if state.advance(Phase.READY):
             logger.info("ready: serving %s on the model at %s", state.served_name, model_dir)
 
     async def _warm_up(self, engine: Engine) -> None:
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
-
         started = time.monotonic()
-        params = SamplingParams(max_tokens=2, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
         token_ids = engine.tokenize(WARMUP_PROMPT) or [0]
-        async for _ in run_generation(
-            engine, token_ids, WARMUP_PROMPT, params, "warmup", tick_seconds=None,
-            deadline=time.monotonic() + 600,
-        ):
+        prompt = EnginePrompt(token_ids, WARMUP_PROMPT, warmup_params())
+        deadline = time.monotonic() + WARMUP_TIMEOUT_S
+        async for _ in run_generation(engine, prompt, "warmup", deadline=deadline, interruptions=self.state.interruptions):
             pass
         logger.info("warm-up generation took %.2f s", time.monotonic() - started)
 
@@ -152,9 +109,9 @@ class Lifecycle:
             engine = self.state.engine
             if engine is not None and engine.dead:
                 logger.error("the inference engine died; exiting so the orchestrator restarts this server")
-                self.state.phase = "dead"
+                self.state.advance(Phase.DEAD)
                 # Requests still waiting on the engine stop now with the engine's error.
-                self.state.drain_expired.set()
+                self.state.interruptions.interrupt_all(ENGINE_DEAD)
                 await asyncio.sleep(ENGINE_DEATH_GRACE_S)
                 await asyncio.to_thread(reap, self._engine_processes)
                 self.request_exit(1)
@@ -162,26 +119,26 @@ class Lifecycle:
 
     # --- drain and stop ------------------------------------------------------------------
 
-    def mark_draining(self) -> None:
+    def delist(self) -> None:
         """Readiness 503 from now on; requests are still served (safe in a signal handler)."""
-        if self.state.phase != "dead":
-            self.state.phase = "draining"
+        if not self.state.advance(Phase.DELISTING):
+            # Never ready: there is nothing to keep serving.
+            self.state.advance(Phase.DRAINING)
 
     def begin_drain(self) -> None:
         """Refuse new work and start the drain clock: what still runs at the deadline is stopped."""
         state = self.state
-        self.mark_draining()
-        if state.drain_started:
+        if state.phase is Phase.DRAINING or not state.advance(Phase.DRAINING):
             return
-        state.drain_started = True
         timeout = state.settings.drain_timeout
         logger.info("draining: %.1f s for in-flight requests", timeout)
-        asyncio.get_running_loop().call_later(timeout, state.drain_expired.set)
+        asyncio.get_running_loop().call_later(timeout, state.interruptions.interrupt_all, DRAIN)
 
     async def stop(self) -> None:
         """Shut the engine down (after uvicorn has finished with the connections)."""
-        self._stopping = True
-        self.state.drain_expired.set()
+        state = self.state
+        state.advance(Phase.STOPPED)
+        state.interruptions.interrupt_all(DRAIN)
         if self._loader is not None and not self._loader.done():
             # A thread cannot be interrupted: wait for the load to finish, then shut it down.
             with contextlib.suppress(Exception):
@@ -190,9 +147,8 @@ class Lifecycle:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
-        if self.state.engine is not None:
+        if state.engine is not None:
             logger.info("shutting the engine down")
-            await asyncio.to_thread(self.state.engine.shutdown)
-            self.state.engine = self.state.chat = self.state.completions = None
+            await asyncio.to_thread(state.engine.shutdown)
         # vLLM's shutdown stops its processes; make sure, so the process exits with no child left.
         await asyncio.to_thread(reap, self._engine_processes)

@@ -1,0 +1,2 @@
+"""The server as a process: its state and phases (`state`), start-up, drain and engine death
+(`lifecycle`), signal handling around uvicorn (`runner`), and admission control (`admission`)."""
