@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         75.0, gt=0, description="Idle HTTP keep-alive seconds (above load-balancer idle timeouts)."
     )
     sse_ping_seconds: float = Field(
-        5.0, gt=0, description="Keep-alive comment interval on a stream while no token flows."
+        5.0, gt=0, description="Seconds between `: keep-alive` comments on a stream."
     )
 
     # --- requests --------------------------------------------------------------------------
