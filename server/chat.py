@@ -38,6 +38,8 @@ class ChatService:
         self.engine = engine
         self.settings = settings
         self.format = prompt_format
+        # Token ids cached per message, for this format and this tokenizer (checked once, here).
+        self.tokenize = prompt_format.token_cache(engine.tokenize)
 
     # --- request → prompt -------------------------------------------------------------------
 
@@ -57,7 +59,7 @@ class ChatService:
         try:
             fitted = self.format.render_fitted(
                 messages,
-                tokenize=self.engine.tokenize,
+                tokenize=self.tokenize,
                 max_prompt_tokens=budget,
                 history=request.history,
                 documents=documents,
