@@ -89,7 +89,8 @@ def fit_conversation(
 
     def measure(drop: int) -> FittedPrompt:
         pieces = layout.pieces(drop)
-        return FittedPrompt("".join(pieces), tokens.ids(pieces), conversation.dropped_messages(drop))
+        dropped = conversation.dropped_messages(drop)
+        return FittedPrompt("".join(pieces), tokens.ids(pieces), dropped)
 
     whole = measure(0)
     if len(whole.token_ids) <= max_prompt_tokens:

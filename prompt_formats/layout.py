@@ -26,7 +26,7 @@ Pieces = tuple[str, ...]
 
 @dataclass(frozen=True)
 class PromptLayout:
-    """The pieces of one prompt; `prompt(drop)` is the prompt without the `drop` oldest exchanges."""
+    """The pieces of one prompt; `prompt(drop)` is it without the `drop` oldest exchanges."""
 
     system: str
     exchanges: tuple[Pieces, ...]

@@ -48,7 +48,7 @@ class PromptFormat(Protocol):
         ...
 
     def token_cache(self, tokenize: Callable[[str], list[int]]) -> TokenCache:
-        """A `tokenize` for `render_fitted` that caches ids per piece, checked once for `tokenize`."""
+        """A `tokenize` for `render_fitted` caching ids per piece, checked once for `tokenize`."""
         ...
 
     def stops(self, client_stop: str | Sequence[str] | None) -> list[str]:

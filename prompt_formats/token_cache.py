@@ -17,11 +17,11 @@ token that spans it) gets a full tokenization of the joined prompt on every call
 slower, never wrong.
 
 Memory is bounded: a least-recently-used cache of at most `max_bytes`, counted as the size of
-the key text plus the ids (tuples of ints, about 36 bytes a token; a tuple because joining
+the key text plus the ids (tuples of ints, about 40 bytes a token; a tuple because joining
 tuples costs a tenth of joining arrays, and the join is the common path). The default, 64 MiB,
 holds about 1.5 million tokens, some 180 full 8k-token chats. A lock guards the cache, so
-threads may share one (taken twice per prompt, not per piece); tokenizing a missing piece
-happens outside it.
+threads may share one; it is taken twice per lookup of a prompt's pieces, not once per piece,
+and a missing piece is tokenized outside it.
 """
 
 from __future__ import annotations
@@ -145,7 +145,10 @@ class TokenCache:
         with self._lock:
             for piece, piece_ids in new.items():
                 self._store(piece, piece_ids)
-        return [new[piece] if piece_ids is None else piece_ids for piece, piece_ids in zip(pieces, found)]
+        return [
+            new[piece] if piece_ids is None else piece_ids
+            for piece, piece_ids in zip(pieces, found)
+        ]
 
     def _store(self, piece: str, piece_ids: tuple[int, ...]) -> None:
         if piece in self._entries:  # another thread stored it meanwhile

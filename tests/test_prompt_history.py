@@ -260,7 +260,8 @@ def test_fit_takes_the_first_drop_point_that_fits_even_when_counts_do_not_add_up
     dropped_exchanges = fitted.dropped_messages // 2
     assert fitted.prompt == fmt.render(without_oldest_exchanges(messages, dropped_exchanges))
     assert len(fitted.token_ids) <= budget
-    points = drop_points(exchange_tokens(fmt, tokenize, messages), room(fmt, tokenize, messages, budget))
+    sizes = exchange_tokens(fmt, tokenize, messages)
+    points = drop_points(sizes, room(fmt, tokenize, messages, budget))
     assert dropped_exchanges in points
     earlier = [point for point in points if point < dropped_exchanges]
     if earlier:

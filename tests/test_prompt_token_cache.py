@@ -36,13 +36,15 @@ def smollm2_tokenize() -> Tokenize:
     from server.default_model import prepare_default_model
     from server.settings import Settings
 
-    tokenizer = AutoTokenizer.from_pretrained(prepare_default_model(Settings().resolved_cache_dir()))
+    checkpoint = prepare_default_model(Settings().resolved_cache_dir())
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     return lambda text: tokenizer.encode(text, add_special_tokens=False)
 
 
 @pytest.fixture(scope="module", params=["gpt-neox-20b", "smollm2"])
 def tokenize(request) -> Tokenize:
-    return request.getfixturevalue({"gpt-neox-20b": "neox_tokenize", "smollm2": "smollm2_tokenize"}[request.param])
+    fixture = {"gpt-neox-20b": "neox_tokenize", "smollm2": "smollm2_tokenize"}[request.param]
+    return request.getfixturevalue(fixture)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,12 @@ def cache(tokenize) -> TokenCache:
 
 
 # --- random chats ---------------------------------------------------------------------------
+
+# Tokenizing long random texts is slow for hypothesis' taste; the examples are still bounded.
+RELAXED = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
 
 TRICKY = [
     "", " ", "\n", "\t x \n", "</s>", "USER:", "ASSISTANT:", "USER: hi ASSISTANT: ho</s>",
@@ -69,7 +77,11 @@ texts = st.one_of(
     st.lists(words, max_size=400).map("".join),  # long messages of word-like runs
     st.text(alphabet=st.characters(codec="utf-8"), max_size=300),
 )
-contents = st.one_of(texts, st.lists(texts, min_size=1, max_size=3).map(lambda parts: [{"type": "text", "text": p} for p in parts]))
+parts = st.lists(texts, min_size=1, max_size=3).map(
+    lambda texts: [{"type": "text", "text": text} for text in texts]
+)
+contents = st.one_of(texts, parts)
+metadata = st.dictionaries(st.sampled_from(["url", "date", "k"]), texts, max_size=2)
 
 
 @st.composite
@@ -91,7 +103,7 @@ def chats(draw) -> dict:
         messages.append({"role": "assistant", "content": draw(texts)})
     if draw(st.integers(0, 3)) == 0:
         request["documents"] = [
-            {"text": draw(texts), "metadata": draw(st.dictionaries(st.sampled_from(["url", "date", "k"]), texts, max_size=2))}
+            {"text": draw(texts), "metadata": draw(metadata)}
             for _ in range(draw(st.integers(0, 2)))
         ]
     return request
@@ -115,7 +127,7 @@ def test_shipped_tokenizers_join_safely(cache):
     assert cache.joins_safely, f"the boundary check failed on {cache.unsafe_probe!r}"
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=150, **RELAXED)
 @given(request=chats())
 def test_cached_ids_equal_a_full_tokenization(tokenize, cache, request):
     fmt = get_format()
@@ -125,22 +137,30 @@ def test_cached_ids_equal_a_full_tokenization(tokenize, cache, request):
         assert got.token_ids == list(tokenize(got.prompt))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(request=chats(), history=st.sampled_from(["error", "fit", "last"]), share=st.floats(0.05, 1.0))
-def test_history_policies_choose_the_same_prompt_with_the_cache(tokenize, cache, request, history, share):
+@settings(max_examples=80, **RELAXED)
+@given(
+    request=chats(),
+    history=st.sampled_from(["error", "fit", "last"]),
+    share=st.floats(0.05, 1.0),
+)
+def test_history_policies_choose_the_same_prompt_with_the_cache(
+    tokenize, cache, request, history, share
+):
     fmt = get_format()
     try:
         whole = len(tokenize(fmt.render(**request)))
     except PromptFormatError:
         return
     budget = max(1, int(whole * share))
-    expected, got = fitted_both_ways(fmt, request, tokenize, cache, max_prompt_tokens=budget, history=history)
+    expected, got = fitted_both_ways(
+        fmt, request, tokenize, cache, max_prompt_tokens=budget, history=history
+    )
     if expected is not None:
         assert got == expected
         assert got.token_ids == list(tokenize(got.prompt))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=25, **RELAXED)
 @given(request=chats())
 def test_a_growing_chat_stays_exact_turn_after_turn(tokenize, cache, request):
     """Each turn re-sends the history plus one exchange: the realistic case the cache is for."""
@@ -183,7 +203,11 @@ def test_a_new_turn_tokenizes_only_the_new_reply_and_question(neox_tokenize):
     history = chat_of(20)
     fmt.render_fitted(history, tokenize=cache, max_prompt_tokens=8192)
     calls.clear()
-    next_turn = [*history, {"role": "assistant", "content": "Then nothing."}, {"role": "user", "content": "Sure?"}]
+    next_turn = [
+        *history,
+        {"role": "assistant", "content": "Then nothing."},
+        {"role": "user", "content": "Sure?"},
+    ]
     fitted = fmt.render_fitted(next_turn, tokenize=cache, max_prompt_tokens=8192)
     assert sorted(calls) == sorted([" ASSISTANT: Then nothing.</s>", "USER: Sure?"])
     assert fitted.token_ids == neox_tokenize(fitted.prompt)
