@@ -30,15 +30,14 @@ def neox_tokenize(neox_tokenizer_file) -> Tokenize:
 
 @pytest.fixture(scope="module")
 def smollm2_tokenize() -> Tokenize:
-    """The embedded default model's tokenizer, loaded as the engine loads it (transformers)."""
-    from transformers import AutoTokenizer
-
+    """The embedded default model's tokenizer: its tokenizer.json, which the engine's
+    transformers tokenizer wraps (test_prompt_server checks the server's ids against it)."""
     from server.default_model import prepare_default_model
     from server.settings import Settings
 
     checkpoint = prepare_default_model(Settings().resolved_cache_dir())
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    return lambda text: tokenizer.encode(text, add_special_tokens=False)
+    tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    return lambda text: tokenizer.encode(text, add_special_tokens=False).ids
 
 
 @pytest.fixture(scope="module", params=["gpt-neox-20b", "smollm2"])
