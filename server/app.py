@@ -40,7 +40,11 @@ def create_app(
     request_exit: Callable[[int], None] | None = None,
 ) -> FastAPI:
     state = ServerState(settings=settings, metrics=metrics or Metrics(), served_name=served_model_name(settings))
-    lifecycle = Lifecycle(state, request_exit)
+    services = Services(
+        chat=ChatService(settings, get_format(settings.prompt_format)),
+        completions=CompletionService(settings),
+    )
+    lifecycle = Lifecycle(state, request_exit, engine_started=[services.chat.use_engine])
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -58,10 +62,7 @@ def create_app(
     )
     app.state.server = state
     app.state.lifecycle = lifecycle
-    app.state.services = Services(
-        chat=ChatService(settings, get_format(settings.prompt_format)),
-        completions=CompletionService(settings),
-    )
+    app.state.services = services
     app.include_router(routes.router)
     app.include_router(operations.router)
     install_error_handlers(app)

@@ -6,6 +6,8 @@ context check), so a bad request is a 400 before any engine work or any byte of 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prompt_formats import ContextLengthExceeded, FittedPrompt, PromptFormat, PromptFormatError
@@ -20,6 +22,8 @@ from server.settings import Settings
 
 DROPPED_MESSAGES_HEADER = "X-Airoboros-Dropped-Messages"
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class RenderedChat:
@@ -31,6 +35,23 @@ class ChatService:
     def __init__(self, settings: Settings, prompt_format: PromptFormat) -> None:
         self.settings = settings
         self.format = prompt_format
+        # Token ids cached per message piece for the engine's tokenizer (`use_engine`).
+        self._engine: Engine | None = None
+        self._tokenize: Callable[[str], list[int]] | None = None
+
+    def use_engine(self, engine: Engine) -> None:
+        """Build the token cache for `engine`'s tokenizer; its join check runs once, here (at
+        start-up, in a thread), not on a request."""
+        cache = self.format.token_cache(engine.tokenize)
+        if not cache.joins_safely:
+            logger.warning(
+                "the %s tokenizer does not split at prompt piece boundaries: chat prompts are "
+                "tokenized whole on every request (exact, slower)", self.format.name,
+            )
+        self._engine, self._tokenize = engine, cache
+
+    def _tokenizer(self, engine: Engine) -> Callable[[str], list[int]]:
+        return self._tokenize if self._engine is engine and self._tokenize is not None else engine.tokenize
 
     def render(self, request: ChatCompletionRequest, engine: Engine) -> RenderedChat:
         """The prompt and its token ids within the context, after the history policy."""
@@ -49,7 +70,7 @@ class ChatService:
         try:
             fitted = self.format.render_fitted(
                 messages,
-                tokenize=engine.tokenize,
+                tokenize=self._tokenizer(engine),
                 max_prompt_tokens=budget,
                 history=request.history,
                 documents=documents,

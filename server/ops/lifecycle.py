@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
@@ -51,9 +51,18 @@ def resolve_model_dir(state: ServerState) -> Path:
 
 
 class Lifecycle:
-    def __init__(self, state: ServerState, request_exit: Callable[[int], None] | None = None) -> None:
+    """`engine_started` callbacks run in a thread once the engine is loaded, before the warm-up
+    (per-engine preparation such as the chat route's token cache)."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        request_exit: Callable[[int], None] | None = None,
+        engine_started: Sequence[Callable[[Engine], None]] = (),
+    ) -> None:
         self.state = state
         self.request_exit = request_exit or (lambda code: None)
+        self.engine_started = tuple(engine_started)
         self._loader: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         self._engine_processes: list[psutil.Process] = []
@@ -74,6 +83,8 @@ class Lifecycle:
         try:
             model_dir = await asyncio.to_thread(resolve_model_dir, state)
             engine = await asyncio.to_thread(Engine.start, state.settings, model_dir, state.served_name)
+            for prepare in self.engine_started:
+                await asyncio.to_thread(prepare, engine)
         except Exception as error:  # noqa: BLE001 - a failed start must end the process
             self._die(f"the model could not be loaded: {error}", error)
             return
