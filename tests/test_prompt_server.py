@@ -12,7 +12,7 @@ import openai
 import pytest
 from tokenizers import Tokenizer
 
-from server.default_model import checkpoint_dir
+from server.engine.default_model import checkpoint_dir
 from server.settings import Settings
 from tests.support.golden_cases import GOLDEN_CASES, SYSTEM, GoldenCase
 from tests.support.server import running_server

@@ -32,7 +32,7 @@ def neox_tokenize(neox_tokenizer_file) -> Tokenize:
 def smollm2_tokenize() -> Tokenize:
     """The embedded default model's tokenizer: its tokenizer.json, which the engine's
     transformers tokenizer wraps (test_prompt_server checks the server's ids against it)."""
-    from server.default_model import prepare_default_model
+    from server.engine.default_model import prepare_default_model
     from server.settings import Settings
 
     checkpoint = prepare_default_model(Settings().resolved_cache_dir())
