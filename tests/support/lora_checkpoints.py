@@ -1,0 +1,114 @@
+"""Base checkpoints as MPT-30B publishes them, real peft LoRA adapters on them, and peft's merge.
+
+- `save_bin_base`: a tiny MPT (tests/support/tiny_mpt.py) written the way MosaicML ships
+  MPT-30B: bfloat16 `pytorch_model-0000N-of-0000M.bin` shards with `pytorch_model.bin.index.json`,
+  MosaicML's config dialect, the GPT-NeoX tokenizer and a generation_config.json.
+- `make_lora_adapter`: peft's `get_peft_model` on the transformers model, every lora_A and
+  lora_B filled with seeded noise (B non-zero, as after training), saved with peft's own
+  `save_pretrained`.
+- `peft_merged_state`: what peft's `merge_and_unload()` makes of the same base and adapter, the
+  reference the merge must equal.
+- `run_merge`: the real command in a child process.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from tests.support.server import REPO_ROOT
+from tests.support.tiny_mpt import TinyMpt, one_torch_thread, save_checkpoint
+
+GENERATION_CONFIG = {"_from_model_config": True, "bos_token_id": 0, "eos_token_id": 0}
+
+
+def round_to_bfloat16(model: torch.nn.Module) -> torch.nn.Module:
+    """Make every weight a bfloat16 value (kept in float32): the base then is what a bf16
+    checkpoint holds, exactly, whatever dtype a test loads it in."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(param.to(torch.bfloat16).to(param.dtype))
+    return model
+
+
+def split_evenly(names: list[str], sizes: dict[str, int], parts: int) -> list[list[str]]:
+    """Consecutive groups of `names` of roughly equal total size."""
+    total = sum(sizes.values())
+    groups: list[list[str]] = [[]]
+    filled = 0
+    for name in names:
+        if groups[-1] and filled >= total * len(groups) / parts and len(groups) < parts:
+            groups.append([])
+        groups[-1].append(name)
+        filled += sizes[name]
+    return groups
+
+
+def save_bin_shards(state: dict[str, torch.Tensor], directory: Path, shards: int, dtype: torch.dtype) -> list[Path]:
+    """`state` as MosaicML's `.bin` shards and index (tensors cast to `dtype`)."""
+    names = list(state)
+    sizes = {name: state[name].numel() * dtype.itemsize for name in names}
+    groups = split_evenly(names, sizes, shards)
+    weight_map, paths = {}, []
+    for number, group in enumerate(groups, start=1):
+        path = directory / f"pytorch_model-{number:05d}-of-{len(groups):05d}.bin"
+        torch.save({name: state[name].to(dtype).contiguous().clone() for name in group}, path)
+        weight_map.update({name: path.name for name in group})
+        paths.append(path)
+    index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+    (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
+    return paths
+
+
+def save_bin_base(model, spec: TinyMpt, directory: Path, tokenizer_file: Path, shards: int = 3) -> Path:
+    """`model` as MPT-30B is published: bf16 `.bin` shards, MosaicML's config, tokenizer."""
+    save_checkpoint(model, spec, directory, tokenizer_file)
+    (directory / "model.safetensors").unlink()
+    config = json.loads((directory / "config.json").read_text())
+    config["torch_dtype"] = "bfloat16"
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    (directory / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG))
+    save_bin_shards({k: v.detach() for k, v in model.state_dict().items() if k != "lm_head.weight"}, directory, shards, torch.bfloat16)
+    return directory
+
+
+@one_torch_thread()
+def make_lora_adapter(model, directory: Path, seed: int = 1, b_std: float = 0.2, safe_serialization: bool = True, **lora_options):
+    """A peft LoRA adapter on a copy of `model`, trained-looking (seeded A and B), saved to
+    `directory`; returns the peft model (float32, unmerged)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(task_type="CAUSAL_LM", **lora_options)
+    peft_model = get_peft_model(copy.deepcopy(model), config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_A" in name or "lora_embedding_A" in name:
+                fan_in = param.shape[1]
+                param.copy_(torch.randn(param.shape, generator=generator) / fan_in**0.5)
+            elif "lora_B" in name or "lora_embedding_B" in name:
+                param.copy_(b_std * torch.randn(param.shape, generator=generator))
+    peft_model.save_pretrained(directory, safe_serialization=safe_serialization)
+    return peft_model.eval()
+
+
+@one_torch_thread()
+def peft_merged_state(model, adapter_dir: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """peft's merge: the base loaded in `dtype`, the adapter applied, `merge_and_unload()`."""
+    from peft import PeftModel
+
+    base = copy.deepcopy(model).to(dtype)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    return {name: tensor.detach() for name, tensor in merged.state_dict().items() if name != "lm_head.weight"}
+
+
+def run_merge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "server", "merge", *map(str, args)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+    )
