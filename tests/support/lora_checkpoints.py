@@ -17,12 +17,13 @@ import copy
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from tests.support.server import REPO_ROOT
-from tests.support.tiny_mpt import TinyMpt, one_torch_thread, save_checkpoint
+from tests.support.tiny_mpt import TinyMpt, build_reference, one_torch_thread, save_checkpoint
 
 GENERATION_CONFIG = {"_from_model_config": True, "bos_token_id": 0, "eos_token_id": 0}
 
@@ -112,3 +113,75 @@ def run_merge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "server", "merge", *map(str, args)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
     )
+
+
+# ---- the cases the merge tests share (built once per test session) ----
+
+LINEAR_TARGETS = ["Wqkv", "out_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraCase:
+    base: Path
+    adapter: Path
+    model: torch.nn.Module  # the base in transformers (float32 holding bfloat16 values)
+    peft_model: torch.nn.Module  # the same with the adapter applied, unmerged
+
+
+def _plain_case(root: Path, tokenizer_file: Path) -> LoraCase:
+    """MPT-30B's layout: bf16 `.bin` shards in MosaicML's dialect; a LoRA on the four linear layers."""
+    spec = TinyMpt(dialect="mosaicml")
+    model = round_to_bfloat16(build_reference(spec))
+    base = save_bin_base(model, spec, root / "base", tokenizer_file, shards=3)
+    peft_model = make_lora_adapter(model, root / "adapter", r=8, lora_alpha=16, target_modules=LINEAR_TARGETS)
+    return LoraCase(base, root / "adapter", model, peft_model)
+
+
+def _rslora_case(root: Path, tokenizer_file: Path) -> LoraCase:
+    """transformers' layout and dialect (one safetensors file); an rsLoRA adapter saved as .bin
+    with a rank_pattern and alpha_pattern, a LoRA on the embedding, and modules_to_save."""
+    spec = TinyMpt(seed=3)
+    model = round_to_bfloat16(build_reference(spec))
+    base = save_checkpoint(model, spec, root / "base", tokenizer_file)
+    peft_model = make_lora_adapter(
+        model,
+        root / "adapter",
+        seed=4,
+        safe_serialization=False,
+        r=8,
+        lora_alpha=16,
+        use_rslora=True,
+        rank_pattern={"blocks.1.attn.Wqkv": 4, "out_proj": 2},
+        alpha_pattern={"down_proj": 64},
+        target_modules=[*LINEAR_TARGETS, "wte"],
+        modules_to_save=["norm_f"],
+    )
+    with torch.no_grad():  # a trained copy of norm_f, unlike the base's
+        peft_model.base_model.model.transformer.norm_f.modules_to_save["default"].weight.mul_(1.5)
+    peft_model.save_pretrained(root / "adapter", safe_serialization=False)
+    return LoraCase(base, root / "adapter", model, peft_model)
+
+
+CASE_BUILDERS = {"plain": _plain_case, "rslora": _rslora_case}
+_built: dict[str, LoraCase] = {}
+
+
+def shared_case(name: str, tmp_path_factory, tokenizer_file: Path) -> LoraCase:
+    """The case `name`, built on first use and shared by every test module of the session."""
+    if name not in _built:
+        _built[name] = CASE_BUILDERS[name](tmp_path_factory.mktemp(f"lora-{name}"), tokenizer_file)
+    return _built[name]
+
+
+def read_checkpoint(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors checkpoint, through its index, with safetensors' own reader."""
+    from safetensors import safe_open
+
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    tensors = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        with safe_open(str(directory / shard), framework="pt") as handle:
+            for name in handle.keys():
+                tensors[name] = handle.get_tensor(name)
+    assert set(tensors) == set(index["weight_map"]), "the index and the shards disagree"
+    return tensors
