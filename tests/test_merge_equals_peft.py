@@ -27,6 +27,8 @@ import torch
 from server.cli import main
 from tests.support.lora_checkpoints import (
     LINEAR_TARGETS,
+    assert_equal_within_rounding,
+    lora_terms,
     peft_merged_state,
     read_checkpoint,
     shared_case,
@@ -39,43 +41,6 @@ def merge_in_process(capsys, *args) -> str:
     """The real command, in this process (the child-process path is tested in test_merge_refusals)."""
     assert main(["merge", *map(str, args)]) == 0
     return capsys.readouterr().out
-
-
-def lora_terms(peft_model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """For each adapted weight: (|scale·B·A|, r·u32·scale·(|B|·|A|)), in float32, as stored."""
-    terms = {}
-    u32 = torch.finfo(torch.float32).eps / 2
-    for name, module in peft_model.base_model.model.named_modules():
-        if hasattr(module, "lora_A") and "default" in module.lora_A:
-            a, b = module.lora_A["default"].weight.float(), module.lora_B["default"].weight.float()
-            transpose = False
-        elif hasattr(module, "lora_embedding_A") and "default" in module.lora_embedding_A:
-            a, b = module.lora_embedding_A["default"].float(), module.lora_embedding_B["default"].float()
-            transpose = True
-        else:
-            continue
-        scale, rank = module.scaling["default"], a.shape[0]
-        delta, error = (b @ a).abs() * scale, rank * u32 * scale * (b.abs() @ a.abs())
-        terms[f"{name}.weight"] = (delta.T, error.T) if transpose else (delta, error)
-    return terms
-
-
-def assert_equal_within_rounding(ours: dict, reference: dict, terms: dict, dtype: torch.dtype) -> float:
-    """Every tensor within the bound of the module docstring; returns the largest difference."""
-    assert set(ours) == set(reference)
-    finfo = torch.finfo(dtype)
-    unit_roundoff, subnormal_spacing = finfo.eps / 2, finfo.smallest_normal * finfo.eps
-    largest = 0.0
-    for name, expected in reference.items():
-        actual = ours[name]
-        assert actual.dtype == dtype and actual.shape == expected.shape, name
-        difference = (actual.float() - expected.float()).abs()
-        delta, matmul_error = terms.get(name, (torch.zeros(()), torch.zeros(())))
-        bound = unit_roundoff * (2 * expected.float().abs() + delta) + matmul_error + subnormal_spacing
-        worst = (difference - bound).max().item()
-        assert worst <= 0, f"{name}: differs from peft by up to {difference.max().item():.3g}, past the bound"
-        largest = max(largest, difference.max().item())
-    return largest
 
 
 @pytest.fixture(scope="module")

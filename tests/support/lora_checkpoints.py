@@ -185,3 +185,45 @@ def read_checkpoint(directory: Path) -> dict[str, torch.Tensor]:
                 tensors[name] = handle.get_tensor(name)
     assert set(tensors) == set(index["weight_map"]), "the index and the shards disagree"
     return tensors
+
+
+# ---- equal to peft within rounding ----
+
+
+def lora_terms(peft_model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """For each adapted weight: (|scale·B·A|, r·u32·scale·(|B|·|A|)), in float32, as stored."""
+    terms = {}
+    u32 = torch.finfo(torch.float32).eps / 2
+    for name, module in peft_model.base_model.model.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            a, b = module.lora_A["default"].weight.float(), module.lora_B["default"].weight.float()
+            transpose = False
+        elif hasattr(module, "lora_embedding_A") and "default" in module.lora_embedding_A:
+            a, b = module.lora_embedding_A["default"].float(), module.lora_embedding_B["default"].float()
+            transpose = True
+        else:
+            continue
+        scale, rank = module.scaling["default"], a.shape[0]
+        delta, error = (b @ a).abs() * scale, rank * u32 * scale * (b.abs() @ a.abs())
+        terms[f"{name}.weight"] = (delta.T, error.T) if transpose else (delta, error)
+    return terms
+
+
+def assert_equal_within_rounding(ours: dict, reference: dict, terms: dict, dtype: torch.dtype) -> float:
+    """Every tensor of `ours` equals peft's `reference` within
+    u·(2·|peft| + |delta|) + r·u32·scale·(|B|·|A|) + the dtype's subnormal spacing
+    (why: tests/test_merge_equals_peft.py); returns the largest difference."""
+    assert set(ours) == set(reference)
+    finfo = torch.finfo(dtype)
+    unit_roundoff, subnormal_spacing = finfo.eps / 2, finfo.smallest_normal * finfo.eps
+    largest = 0.0
+    for name, expected in reference.items():
+        actual = ours[name]
+        assert actual.dtype == dtype and actual.shape == expected.shape, name
+        difference = (actual.float() - expected.float()).abs()
+        delta, matmul_error = terms.get(name, (torch.zeros(()), torch.zeros(())))
+        bound = unit_roundoff * (2 * expected.float().abs() + delta) + matmul_error + subnormal_spacing
+        worst = (difference - bound).max().item()
+        assert worst <= 0, f"{name}: differs from peft by up to {difference.max().item():.3g}, past the bound"
+        largest = max(largest, difference.max().item())
+    return largest
