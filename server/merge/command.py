@@ -57,12 +57,26 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def peak_memory_bytes() -> int:
+    """This process's peak resident memory since it started this program.
+
+    Linux's VmHWM, not getrusage's ru_maxrss: the latter also counts the memory of the process
+    that forked this one before it exec'd (a launcher, a test runner)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
 def _summary(summary: Any, options: Any, seconds: float) -> str:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    peak = peak_memory_bytes()
     copied = summary.tensors - summary.merged - summary.replaced
     nf4 = f", {summary.nf4} through the NF4 round-trip" if options.base_nf4 else ""
     replaced = f", {summary.replaced} replaced (modules_to_save)" if summary.replaced else ""
