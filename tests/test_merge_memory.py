@@ -166,7 +166,7 @@ def partial_directories(parent: Path) -> list[Path]:
 def test_an_interrupted_merge_leaves_no_output(big, tmp_path, signal_number):
     root, _, _ = big
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "merge", str(root / "base"), str(root / "adapter"), str(tmp_path / "out"), "--base-nf4"],
+        [sys.executable, "-m", "server", "merge", str(root / "base"), str(root / "adapter"), str(tmp_path / "out")],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 120
@@ -185,7 +185,7 @@ def test_an_interrupted_merge_leaves_no_output(big, tmp_path, signal_number):
 def test_a_killed_merge_leaves_no_out_only_its_hidden_partial_directory(big, tmp_path):
     root, _, _ = big
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "merge", str(root / "base"), str(root / "adapter"), str(tmp_path / "out"), "--base-nf4"],
+        [sys.executable, "-m", "server", "merge", str(root / "base"), str(root / "adapter"), str(tmp_path / "out")],
         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
