@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from server.merge.adapter import LoraAdapter, lora_scale, rank_and_alpha
-from server.merge.command import parse_size
 from server.merge.safetensors_writer import OutputTensor, plan_shards
+from server.merge.sizes import parse_size
 from tests.support.lora_checkpoints import LINEAR_TARGETS, make_lora_adapter
 from tests.support.tiny_mpt import TinyMpt, build_reference
 
@@ -30,13 +30,20 @@ def test_every_modules_rank_alpha_and_scale_are_peft_s(model, tmp_path, use_rslo
     from peft import PeftModel
 
     make_lora_adapter(
-        model, tmp_path, r=8, lora_alpha=16, use_rslora=use_rslora, target_modules=LINEAR_TARGETS,
+        model,
+        tmp_path,
+        r=8,
+        lora_alpha=16,
+        use_rslora=use_rslora,
+        target_modules=LINEAR_TARGETS,
         rank_pattern={"blocks.1.attn.Wqkv": 4, r"ffn\.(up|down)_proj": 2, "transformer.blocks.2.attn.out_proj": 6},
         alpha_pattern={"out_proj": 3, r"blocks\.0\..*": 40},
     )
     peft_model = PeftModel.from_pretrained(copy.deepcopy(model), tmp_path)
     adapter = LoraAdapter.open(tmp_path)
-    layers = {name: module for name, module in peft_model.base_model.model.named_modules() if hasattr(module, "scaling")}
+    layers = {
+        name: module for name, module in peft_model.base_model.model.named_modules() if hasattr(module, "scaling")
+    }
     assert set(adapter.modules) == set(layers) and len(layers) == 12
     for name, layer in layers.items():
         assert rank_and_alpha(adapter.config, name) == (layer.r["default"], layer.lora_alpha["default"]), name
@@ -49,7 +56,9 @@ def test_every_modules_rank_alpha_and_scale_are_peft_s(model, tmp_path, use_rslo
 
 def test_safetensors_and_bin_adapters_read_alike(model, tmp_path):
     for serialization in (True, False):
-        make_lora_adapter(model, tmp_path / str(serialization), r=4, target_modules=["Wqkv"], safe_serialization=serialization)
+        make_lora_adapter(
+            model, tmp_path / str(serialization), r=4, target_modules=["Wqkv"], safe_serialization=serialization
+        )
     from_safetensors, from_bin = LoraAdapter.open(tmp_path / "True"), LoraAdapter.open(tmp_path / "False")
     assert from_safetensors.weights_path.name == "adapter_model.safetensors"
     assert from_bin.weights_path.name == "adapter_model.bin"

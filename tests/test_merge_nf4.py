@@ -70,8 +70,11 @@ def test_nf4_merge_equals_peft_on_bitsandbytes_dequantized_weights(qlora, tmp_pa
     ours = read_checkpoint(tmp_path / "merged")
     dequantized = dequantized_weights(load_in_4bit(base))
     # transformers quantizes exactly the four linear layers of each block, and no other tensor.
-    assert set(dequantized) == {f"transformer.blocks.{i}.{m}.weight" for i in range(2) for m in
-                                ("attn.Wqkv", "attn.out_proj", "ffn.up_proj", "ffn.down_proj")}
+    assert set(dequantized) == {
+        f"transformer.blocks.{i}.{m}.weight"
+        for i in range(2)
+        for m in ("attn.Wqkv", "attn.out_proj", "ffn.up_proj", "ffn.down_proj")
+    }
     reference = peft_merged_state(with_weights(model, dequantized), adapter, torch.float32)
     assert_equal_within_rounding(ours, reference, lora_terms(peft_model), torch.float32)
     plain = {n: t for n, t in model.state_dict().items() if n in ours}

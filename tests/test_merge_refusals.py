@@ -73,8 +73,10 @@ def test_adapter_for_a_deeper_model_names_the_module_the_base_lacks(plain, tmp_p
     deeper = build_reference(TinyMpt(n_layers=3))
     make_lora_adapter(deeper, tmp_path / "adapter", r=8, lora_alpha=16, target_modules=LINEAR_TARGETS)
     message = refusal(plain.base, tmp_path / "adapter", tmp_path / "out")
-    assert message.startswith("adapter module transformer.blocks.2.attn.Wqkv is not in the base: adapter tensor "
-                              "base_model.model.transformer.blocks.2.attn.Wqkv.lora_A.weight targets"), message
+    assert message.startswith(
+        "adapter module transformer.blocks.2.attn.Wqkv is not in the base: adapter tensor "
+        "base_model.model.transformer.blocks.2.attn.Wqkv.lora_A.weight targets"
+    ), message
 
 
 def test_adapter_for_a_wider_model_names_the_tensor_and_both_shapes(plain, tmp_path):
@@ -91,8 +93,16 @@ def test_adapter_for_another_architecture_is_refused_as_such(plain, tmp_path):
     from peft import LoraConfig
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    llama = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=128))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=128,
+        )
+    )
     peft_adapter(llama, tmp_path / "adapter", LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     message = refusal(plain.base, tmp_path / "adapter", tmp_path / "out")
     assert "was made for another architecture: none of its 2 LoRA modules is in the base" in message
@@ -121,8 +131,10 @@ def test_an_adapter_tensor_of_unknown_kind_is_refused_by_name(plain, tmp_path):
     weights["base_model.model.transformer.blocks.0.attn.Wqkv.lora_C.weight"] = torch.zeros(8, 8)
     save_file(weights, adapter / "adapter_model.safetensors")
     message = refusal(plain.base, adapter, tmp_path / "out")
-    assert message.startswith("adapter tensor base_model.model.transformer.blocks.0.attn.Wqkv.lora_C.weight "
-                              "is not a LoRA A/B weight or a modules_to_save tensor")
+    assert message.startswith(
+        "adapter tensor base_model.model.transformer.blocks.0.attn.Wqkv.lora_C.weight "
+        "is not a LoRA A/B weight or a modules_to_save tensor"
+    )
 
 
 # ---- adapter types this merge does not implement ----
@@ -131,8 +143,9 @@ def test_an_adapter_tensor_of_unknown_kind_is_refused_by_name(plain, tmp_path):
 def test_dora_is_refused(plain, tmp_path):
     from peft import LoraConfig
 
-    peft_adapter(build_reference(TinyMpt()), tmp_path / "adapter",
-                 LoraConfig(r=4, target_modules=LINEAR_TARGETS, use_dora=True))
+    peft_adapter(
+        build_reference(TinyMpt()), tmp_path / "adapter", LoraConfig(r=4, target_modules=LINEAR_TARGETS, use_dora=True)
+    )
     message = refusal(plain.base, tmp_path / "adapter", tmp_path / "out")
     assert message.startswith(f"adapter {tmp_path / 'adapter'}: DoRA adapters are not implemented")
     assert "use_dora: True" in message
@@ -155,6 +168,21 @@ def test_other_adapter_types_are_refused(plain, tmp_path, kind):
     assert message == (
         f"adapter {tmp_path / 'adapter'} is of type {kind}, which is not implemented: "
         "this merge handles LoRA adapters (peft_type LORA) only"
+    )
+
+
+@pytest.mark.parametrize("init", ["olora", "pissa"])
+def test_an_adapter_initialised_from_the_base_weights_is_refused(plain, tmp_path, init):
+    # OLoRA and PiSSA move the adapter's part out of the base at initialisation: merged into the
+    # published base, the adapter would count it twice.
+    from peft import LoraConfig
+
+    model = build_reference(TinyMpt())
+    peft_adapter(model, tmp_path / "adapter", LoraConfig(r=4, target_modules=LINEAR_TARGETS, init_lora_weights=init))
+    message = refusal(plain.base, tmp_path / "adapter", tmp_path / "out")
+    assert message.startswith(
+        f"adapter {tmp_path / 'adapter'} was initialised with init_lora_weights '{init}', "
+        "which also changes the base weights it trains against"
     )
 
 
@@ -181,8 +209,10 @@ def quantized_bases(rslora, tmp_path_factory):
 @pytest.mark.parametrize("bits", ["4-bit", "8-bit"])
 def test_a_quantized_base_is_refused(quantized_bases, plain, tmp_path, bits):
     message = refusal(quantized_bases / bits, plain.adapter, tmp_path / "out")
-    assert message.startswith(f"base {quantized_bases / bits} is quantized (config.json quantization_config: "
-                              f"bitsandbytes {bits}): merge into the 16-bit base the adapter was trained on")
+    assert message.startswith(
+        f"base {quantized_bases / bits} is quantized (config.json quantization_config: "
+        f"bitsandbytes {bits}): merge into the 16-bit base the adapter was trained on"
+    )
 
 
 @pytest.mark.parametrize("bits", ["4-bit", "8-bit"])
@@ -212,13 +242,28 @@ def _remove(path: Path) -> None:
 MISSING = {
     "base directory": ("base", "", "base directory {base} does not exist"),
     "base config": ("base", "config.json", "{base}/config.json is missing (the base's config)"),
-    "base shard": ("base", "pytorch_model-00002-of-00003.bin",
-                   "{base}/pytorch_model-00002-of-00003.bin is missing (listed in pytorch_model.bin.index.json)"),
+    "base shard": (
+        "base",
+        "pytorch_model-00002-of-00003.bin",
+        "{base}/pytorch_model-00002-of-00003.bin is missing (listed in pytorch_model.bin.index.json)",
+    ),
     "adapter directory": ("adapter", "", "adapter directory {adapter} does not exist"),
-    "adapter config": ("adapter", "adapter_config.json", "{adapter}/adapter_config.json is missing (the adapter's peft config)"),
-    "adapter weights": ("adapter", "adapter_model.safetensors", "adapter weights are missing: neither "
-                        "{adapter}/adapter_model.safetensors nor {adapter}/adapter_model.bin exists"),
-    "tokenizer": ("base", "tokenizer.json", "no tokenizer: neither {adapter}/tokenizer.json nor {base}/tokenizer.json exists"),
+    "adapter config": (
+        "adapter",
+        "adapter_config.json",
+        "{adapter}/adapter_config.json is missing (the adapter's peft config)",
+    ),
+    "adapter weights": (
+        "adapter",
+        "adapter_model.safetensors",
+        "adapter weights are missing: neither "
+        "{adapter}/adapter_model.safetensors nor {adapter}/adapter_model.bin exists",
+    ),
+    "tokenizer": (
+        "base",
+        "tokenizer.json",
+        "no tokenizer: neither {adapter}/tokenizer.json nor {base}/tokenizer.json exists",
+    ),
 }
 
 
@@ -266,6 +311,18 @@ def test_a_tensor_that_overflows_float16_fails_the_merge_and_leaves_nothing(plai
     torch.save(state, shard)
     message = refusal(base, plain.adapter, tmp_path / "out", "--dtype", "float16")
     assert message == "transformer.wte.weight does not fit float16 (values beyond ±65504); merge with --dtype bfloat16"
+
+
+def test_a_merge_that_cannot_fit_on_disk_is_refused_before_it_starts(plain, tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    real_disk_usage = shutil_module.disk_usage
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: real_disk_usage(path)._replace(free=10**6))
+    message = refusal(plain.base, plain.adapter, tmp_path / "out")
+    assert (
+        message
+        == f"not enough disk space for {tmp_path / 'out'}: the merged weights need 25.0 MB, {tmp_path} has 1.0 MB free"
+    )
 
 
 def test_base_nf4_without_bitsandbytes_says_how_to_install_it(plain, tmp_path, monkeypatch):

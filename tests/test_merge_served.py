@@ -53,7 +53,7 @@ def test_served_merged_checkpoint_gives_the_peft_models_greedy_tokens(merged, se
     expected = [reference_greedy(case.peft_model, ids, MAX_TOKENS)[0] for ids in prompt_ids]
     without_adapter = [reference_greedy(case.model, ids, MAX_TOKENS)[0] for ids in prompt_ids]
     # The adapter must matter, or serving the base by mistake would pass.
-    assert sum(a != b for a, b in zip(expected, without_adapter)) >= 3
+    assert sum(a != b for a, b in zip(expected, without_adapter, strict=True)) >= 3
     response = httpx.post(
         served.base_url + "/v1/completions",
         json={

@@ -121,6 +121,11 @@ def is_targeted(config: dict[str, Any], module: str) -> bool:
     return any(module == target or module.endswith(f".{target}") for target in targets)
 
 
+# Initialisations that also rewrite the base weights (W - scale·B·A at the start of training): the
+# adapter then only adds up with that residual base, not with the published one.
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+
+
 def _check_config(directory: Path, config: dict[str, Any]) -> None:
     peft_type = config.get("peft_type")
     if peft_type != "LORA":
@@ -131,6 +136,13 @@ def _check_config(directory: Path, config: dict[str, Any]) -> None:
     for field, why in _VARIANT_FIELDS.items():
         if config.get(field):
             raise MergeError(f"adapter {directory}: {why} ({CONFIG_NAME} sets {field}: {config[field]!r})")
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_CHANGING_INITS):
+        raise MergeError(
+            f"adapter {directory} was initialised with init_lora_weights {init!r}, which also changes the base "
+            "weights it trains against: convert it to a plain LoRA first (peft's save_pretrained with "
+            "path_initial_model_for_weight_conversion)"
+        )
     if config.get("bias", "none") != "none":
         raise MergeError(
             f"adapter {directory} trains biases ({CONFIG_NAME} bias: {config['bias']!r}); "
@@ -153,7 +165,9 @@ def _load_weights(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
                 return path, load_file(str(path))
             except Exception as error:
                 raise MergeError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
-    raise MergeError(f"adapter weights are missing: neither {' nor '.join(str(directory / n) for n in WEIGHT_NAMES)} exists")
+    raise MergeError(
+        f"adapter weights are missing: neither {' nor '.join(str(directory / n) for n in WEIGHT_NAMES)} exists"
+    )
 
 
 def _module_to_save(config: dict[str, Any], path: str) -> str | None:

@@ -204,7 +204,8 @@ class BaseCheckpoint:
             raise MergeError(f"base {directory} has architectures {architectures}; expected {MPT_ARCHITECTURES[0]}")
         if config.get("quantization_config"):
             raise _refuse_quantized(
-                directory, f"config.json quantization_config: {_quantization_description(config['quantization_config'])}"
+                directory,
+                f"config.json quantization_config: {_quantization_description(config['quantization_config'])}",
             )
         tensors: dict[str, TensorInfo] = {}
         shards = find_shards(directory)

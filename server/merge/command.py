@@ -7,51 +7,42 @@ Ctrl-C or SIGTERM during the merge removes the partial output the same way.
 from __future__ import annotations
 
 import argparse
-import re
 import resource
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from server.merge.sizes import format_bytes, parse_size
+
+if TYPE_CHECKING:  # torch and the merge itself load only when a merge runs, not for --help
+    from server.merge.merge import MergeOptions, MergeSummary
+    from server.merge.plan import TensorAction
 
 DTYPES = ("bfloat16", "float16", "float32")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 PROGRAM = "airoboros-server merge"
-
-
-def parse_size(text: str) -> int:
-    """'5GB' (powers of 10, as transformers reads them), '10GiB', '500MB' or plain bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not match or match[2].upper() not in _UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 5GB, 500MB or 10GiB")
-    size = int(float(match[1]) * _UNITS[match[2].upper()])
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than zero")
-    return size
-
-
-def format_bytes(count: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if count < 1000:
-            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
-        count /= 1000
-    return f"{count:.1f} TB"
 
 
 def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("base", type=Path, metavar="BASE", help="the base checkpoint directory (MPT, 16/32-bit)")
     parser.add_argument("adapter", type=Path, metavar="ADAPTER", help="the peft LoRA adapter directory")
     parser.add_argument("out", type=Path, metavar="OUT", help="where to write the merged checkpoint")
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="dtype of the merged weights [default bfloat16]")
     parser.add_argument(
-        "--max-shard-size", type=parse_size, default=parse_size(DEFAULT_MAX_SHARD_SIZE), metavar="SIZE",
+        "--dtype", choices=DTYPES, default="bfloat16", help="dtype of the merged weights [default bfloat16]"
+    )
+    parser.add_argument(
+        "--max-shard-size",
+        type=parse_size,
+        default=parse_size(DEFAULT_MAX_SHARD_SIZE),
+        metavar="SIZE",
         help=f"largest output shard, e.g. 5GB, 500MB, 10GiB [default {DEFAULT_MAX_SHARD_SIZE}]",
     )
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument(
-        "--base-nf4", action="store_true",
+        "--base-nf4",
+        action="store_true",
         help="merge into the NF4 round-trip of the base's linear weights, as QLoRA training saw them "
         "(needs bitsandbytes: the nf4 extra)",
     )
@@ -75,18 +66,19 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _summary(summary: Any, options: Any, seconds: float) -> str:
+def _summary(summary: MergeSummary, options: MergeOptions, seconds: float) -> str:
     peak = peak_memory_bytes()
     copied = summary.tensors - summary.merged - summary.replaced
     nf4 = f", {summary.nf4} through the NF4 round-trip" if options.base_nf4 else ""
     replaced = f", {summary.replaced} replaced (modules_to_save)" if summary.replaced else ""
+    shards = f"{summary.shards} safetensors shard{'s' if summary.shards != 1 else ''}"
+    dtype = str(options.dtype).removeprefix("torch.")
+    base = f"base: {summary.base_shards} shards, {format_bytes(summary.base_bytes)}"
     return "\n".join(
         [
             f"merged into {summary.out}",
             f"  tensors: {summary.tensors} ({summary.merged} merged with LoRA{replaced}, {copied} copied{nf4})",
-            f"  shards:  {summary.shards} safetensors shard{'s' if summary.shards != 1 else ''}, {format_bytes(summary.bytes_written)} in "
-            f"{str(options.dtype).removeprefix('torch.')} (base: {summary.base_shards} shards, "
-            f"{format_bytes(summary.base_bytes)})",
+            f"  shards:  {shards}, {format_bytes(summary.bytes_written)} in {dtype} ({base})",
             f"  time:    {seconds:.1f} s, peak memory {format_bytes(peak)}",
         ]
     )
@@ -111,9 +103,11 @@ def run_merge(args: dict[str, Any]) -> int:
         try:
             prepared = prepare_merge(args["base"], args["adapter"], args["out"], options)
             total = sum(output.nbytes for output in prepared.plan.outputs)
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc="merging", file=sys.stderr) as bar:
+            with tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1000, desc="merging", file=sys.stderr
+            ) as bar:
 
-                def advance(action: Any) -> None:
+                def advance(action: TensorAction) -> None:
                     bar.set_postfix_str(action.base.shard.name, refresh=False)
                     bar.update(action.output.nbytes)
 

@@ -23,7 +23,7 @@ from server.merge.adapter import LoraAdapter
 from server.merge.base_checkpoint import BaseCheckpoint, ShardReader, open_shard
 from server.merge.errors import MergeError
 from server.merge.nf4 import load_bitsandbytes, nf4_round_trip
-from server.merge.output_dir import atomic_output, check_output
+from server.merge.output_dir import atomic_output, check_output, check_space
 from server.merge.plan import MergePlan, TensorAction, plan_merge
 from server.merge.safetensors_writer import ShardedSafetensorsWriter
 from server.merge.side_files import SideFiles, find_side_files, write_side_files
@@ -89,6 +89,7 @@ def prepare_merge(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOp
     adapter = LoraAdapter.open(adapter_dir)
     plan = plan_merge(base, adapter, options.dtype, options.base_nf4)
     side_files = find_side_files(base_dir, adapter_dir, base.config)
+    check_space(out, sum(output.nbytes for output in plan.outputs))
     if options.base_nf4:
         load_bitsandbytes()
     return PreparedMerge(base, adapter, plan, side_files, out, options)

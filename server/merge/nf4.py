@@ -28,7 +28,9 @@ from server.merge.errors import MergeError
 
 BLOCK_SIZE = 64
 # The layers QLoRA holds in 4 bits: every nn.Linear of the blocks (bitsandbytes' Linear4bit).
-QUANTIZED_IN_TRAINING = re.compile(r"transformer\.blocks\.\d+\.(attn\.(Wqkv|out_proj)|ffn\.(up_proj|down_proj))\.weight")
+QUANTIZED_IN_TRAINING = re.compile(
+    r"transformer\.blocks\.\d+\.(attn\.(Wqkv|out_proj)|ffn\.(up_proj|down_proj))\.weight"
+)
 
 
 def load_bitsandbytes() -> ModuleType:
@@ -39,9 +41,7 @@ def load_bitsandbytes() -> ModuleType:
     try:
         import bitsandbytes.functional as functional
     except ImportError:
-        raise MergeError(
-            "--base-nf4 needs bitsandbytes: pip install 'airoboros-server[nf4]'"
-        ) from None
+        raise MergeError("--base-nf4 needs bitsandbytes: pip install 'airoboros-server[nf4]'") from None
     return functional
 
 

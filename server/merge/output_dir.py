@@ -17,6 +17,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from server.merge.errors import MergeError
+from server.merge.sizes import format_bytes
+
+
+def check_space(out: Path, needed: int) -> None:
+    """Refuse to start a merge whose output cannot fit (an existing OUT is freed only at the end)."""
+    free = shutil.disk_usage(out.parent).free
+    if free < needed:
+        raise MergeError(
+            f"not enough disk space for {out}: the merged weights need {format_bytes(needed)}, "
+            f"{out.parent} has {format_bytes(free)} free"
+        )
 
 
 def check_output(out: Path, force: bool, inputs: dict[str, Path]) -> None:

@@ -52,7 +52,9 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 def _check_module_fits(lora: LoraModule, base: TensorInfo) -> None:
     if len(base.shape) != 2:
-        raise MergeError(f"adapter module {lora.name} targets {base.name}, which is not a matrix ({_shape(base.shape)})")
+        raise MergeError(
+            f"adapter module {lora.name} targets {base.name}, which is not a matrix ({_shape(base.shape)})"
+        )
     a_key, b_key = lora.adapter_key("A"), lora.adapter_key("B")
     a_shape, b_shape = tuple(lora.lora_a.shape), tuple(lora.lora_b.shape)
     if lora.kind == "linear":
@@ -98,7 +100,9 @@ def _check_adapter_modules_exist(base: BaseCheckpoint, adapter: LoraAdapter) -> 
     for name, tensor in adapter.replacements.items():
         info = base.tensors.get(name)
         if info is None:
-            raise MergeError(f"adapter tensor {KEY_PREFIX}{name} (modules_to_save) replaces {name}, which the base does not hold")
+            raise MergeError(
+                f"adapter tensor {KEY_PREFIX}{name} (modules_to_save) replaces {name}, which the base does not hold"
+            )
         if tuple(tensor.shape) != info.shape:
             raise MergeError(
                 f"adapter tensor {KEY_PREFIX}{name} (modules_to_save) has shape {_shape(tuple(tensor.shape))} "

@@ -74,12 +74,19 @@ def save_bin_base(model, spec: TinyMpt, directory: Path, tokenizer_file: Path, s
     config["torch_dtype"] = "bfloat16"
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     (directory / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG))
-    save_bin_shards({k: v.detach() for k, v in model.state_dict().items() if k != "lm_head.weight"}, directory, shards, torch.bfloat16)
+    save_bin_shards(
+        {k: v.detach() for k, v in model.state_dict().items() if k != "lm_head.weight"},
+        directory,
+        shards,
+        torch.bfloat16,
+    )
     return directory
 
 
 @one_torch_thread()
-def make_lora_adapter(model, directory: Path, seed: int = 1, b_std: float = 0.2, safe_serialization: bool = True, **lora_options):
+def make_lora_adapter(
+    model, directory: Path, seed: int = 1, b_std: float = 0.2, safe_serialization: bool = True, **lora_options
+):
     """A peft LoRA adapter on a copy of `model`, trained-looking (seeded A and B), saved to
     `directory`; returns the peft model (float32, unmerged)."""
     from peft import LoraConfig, get_peft_model
@@ -111,7 +118,10 @@ def peft_merged_state(model, adapter_dir: Path, dtype: torch.dtype) -> dict[str,
 def run_merge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "server", "merge", *map(str, args)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
