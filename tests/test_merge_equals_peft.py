@@ -20,6 +20,8 @@ platform's BLAS may use).
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,6 +87,39 @@ def test_rslora_rank_pattern_embedding_and_modules_to_save_equal_peft(rslora, tm
     assert_equal_within_rounding(ours, reference, lora_terms(rslora.peft_model), torch.bfloat16)
     assert not torch.equal(ours["transformer.norm_f.weight"], rslora.model.transformer.norm_f.weight.bfloat16())
     assert "9 merged with LoRA, 1 replaced (modules_to_save)" in output  # 8 linear layers and wte
+
+
+def relayout(base: Path, directory: Path, layout: str) -> Path:
+    """A copy of the `.bin`-sharded `base` in another published layout."""
+    from safetensors.torch import save_file
+
+    shutil.copytree(base, directory, ignore=shutil.ignore_patterns("pytorch_model*"))
+    index = json.loads((base / "pytorch_model.bin.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    if layout.startswith("bin"):
+        for shard in shards:
+            shutil.copy(base / shard, directory / shard)
+    else:  # the same tensors per shard, as safetensors files named as transformers names them
+        for number, shard in enumerate(shards, start=1):
+            name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+            save_file(torch.load(base / shard, weights_only=True), directory / name, metadata={"format": "pt"})
+            index["weight_map"] = {k: (name if v == shard else v) for k, v in index["weight_map"].items()}
+        if layout == "safetensors with index":
+            (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    if layout == "bin with index":
+        shutil.copy(base / "pytorch_model.bin.index.json", directory)
+    return directory
+
+
+@pytest.mark.parametrize("layout", ["bin without index", "safetensors with index", "safetensors without index"])
+def test_every_published_layout_of_the_base_merges_alike(plain, tmp_path, capsys, layout):
+    base = relayout(plain.base, tmp_path / "base", layout)
+    merge_in_process(capsys, plain.base, plain.adapter, tmp_path / "from-bin-with-index")
+    output = merge_in_process(capsys, base, plain.adapter, tmp_path / "merged")
+    assert "base: 3 shards" in output
+    expected, ours = read_checkpoint(tmp_path / "from-bin-with-index"), read_checkpoint(tmp_path / "merged")
+    assert ours.keys() == expected.keys()
+    assert all(torch.equal(ours[name], expected[name]) for name in expected)
 
 
 def test_output_is_sharded_indexed_and_keeps_the_config_dialect(plain, tmp_path, capsys):

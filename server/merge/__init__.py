@@ -12,7 +12,7 @@ The modules, in the order a merge uses them:
 - `side_files`: config, tokenizer, generation config and remote code carried into OUT.
 - `output_dir`: the temporary directory beside OUT, renamed onto OUT only when complete.
 - `merge`: the shard-by-shard merge itself.
-- `command`: the command's arguments, progress bar and summary.
+- `command`: the command's arguments, progress bar and summary (`sizes`: 5GB ↔ bytes).
 
 Nothing here imports torch at module level except the modules that compute, so `--help` and the
 server's other commands stay fast.
