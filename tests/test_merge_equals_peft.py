@@ -13,8 +13,9 @@ the output dtype, which can put two nearly equal values on either side of a roun
 one unit in the last place, at most 2·u·|merged| with u the dtype's unit roundoff (eps/2). peft
 rounds an embedding's delta to the dtype before adding it, a second rounding worth u·|delta|.
 Hence |ours − peft| ≤ u·(2·|peft| + |delta|) + r·u32·scale·(|B|·|A|) + the dtype's subnormal
-spacing. Measured: bit-identical in all three dtypes on these cases (the bound is what any
-platform's BLAS may use).
+spacing. Measured: the plain case (scale 2, a power of two) is bit-identical in all three dtypes;
+the rsLoRA case (scales like 16/sqrt(8)) differs by one unit in the last place in about 1 in 20,000
+linear-layer elements, and in 7.5% of the embedding's (peft's double rounding), all within it.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def test_rslora_rank_pattern_embedding_and_modules_to_save_equal_peft(rslora, tm
     output = merge_in_process(capsys, rslora.base, rslora.adapter, tmp_path / "merged")
     ours = read_checkpoint(tmp_path / "merged")
     reference = peft_merged_state(rslora.model, rslora.adapter, torch.bfloat16)
-    assert_equal_within_rounding(ours, reference, lora_terms(rslora.peft_model), torch.bfloat16)
+    largest = assert_equal_within_rounding(ours, reference, lora_terms(rslora.peft_model), torch.bfloat16)
+    print(f"rsLoRA case, bfloat16: largest difference from peft {largest:.3g}")
     assert not torch.equal(ours["transformer.norm_f.weight"], rslora.model.transformer.norm_f.weight.bfloat16())
     assert "9 merged with LoRA, 1 replaced (modules_to_save)" in output  # 8 linear layers and wte
 

@@ -184,7 +184,7 @@ def partial_directories(parent: Path) -> list[Path]:
     return list(parent.glob(".out.partial-*"))
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_an_interrupted_merge_leaves_no_output(big, tmp_path, signal_number):
     root, _, _ = big
     process = subprocess.Popen(

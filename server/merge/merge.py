@@ -77,7 +77,8 @@ def merged_tensor(action: TensorAction, reader: ShardReader) -> torch.Tensor:
         action.lora.add_to(merged)
         result = merged.to(output.dtype)
         del merged
-    if output.dtype == torch.float16 and weight.dtype != torch.float16 and not torch.isfinite(result).all():
+    narrowed = weight.dtype != torch.float16 or action.lora is not None  # a float16 base can overflow too, merged
+    if output.dtype == torch.float16 and narrowed and not torch.isfinite(result).all():
         raise MergeError(f"{output.name} does not fit float16 (values beyond ±65504); merge with --dtype bfloat16")
     return result
 
