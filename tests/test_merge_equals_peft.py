@@ -41,7 +41,8 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 
 def merge_in_process(capsys, *args) -> str:
-    """The real command, in this process (the child-process path is tested in test_merge_refusals)."""
+    """The real command, in this process (in a child process: test_merge_served.py,
+    test_merge_memory.py and test_merge_refusals_inputs.py)."""
     assert main(["merge", *map(str, args)]) == 0
     return capsys.readouterr().out
 

@@ -8,20 +8,25 @@
   `save_pretrained`.
 - `peft_merged_state`: what peft's `merge_and_unload()` makes of the same base and adapter, the
   reference the merge must equal.
-- `run_merge`: the real command in a child process.
+- `run_merge`: the real command in a child process; `refusal`: the real command in this process,
+  asserted to have refused in one line and written nothing.
+- `assert_equal_within_rounding`: the bound of tests/test_merge_equals_peft.py.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 
+from server.cli import main
 from tests.support.server import REPO_ROOT
 from tests.support.tiny_mpt import TinyMpt, build_reference, one_torch_thread, save_checkpoint
 
@@ -237,3 +242,34 @@ def assert_equal_within_rounding(ours: dict, reference: dict, terms: dict, dtype
         assert worst <= 0, f"{name}: differs from peft by up to {difference.max().item():.3g}, past the bound"
         largest = max(largest, difference.max().item())
     return largest
+
+
+# ---- refusals: the command refused, in this process, and wrote nothing ----
+
+PREFIX = "airoboros-server merge: "
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def refusal(base: Path, adapter: Path, out: Path, *flags: str) -> str:
+    """Run the real command in process; assert it refused and wrote nothing; return the message."""
+    before = snapshot(out.parent)
+    with pytest.raises(SystemExit) as raised:
+        main(["merge", str(base), str(adapter), str(out), *flags])
+    message = str(raised.value.code)
+    assert message.startswith(PREFIX) and "\n" not in message, message
+    assert snapshot(out.parent) == before, "the refused merge changed files beside OUT"
+    assert not list(out.parent.glob(f".{out.name}.*")), "a partial directory was left"
+    return message.removeprefix(PREFIX)
+
+
+def copy_of(directory: Path, destination: Path) -> Path:
+    return Path(shutil.copytree(directory, destination))
+
+
+def edit_json(path: Path, **changes) -> None:
+    value = json.loads(path.read_text())
+    value.update(changes)
+    path.write_text(json.dumps(value))
