@@ -2,6 +2,7 @@
 
     airoboros-server serve [--model DIR] [--port 8000] ...   start the server
     airoboros-server prepare-default-model                   convert the embedded model now
+    airoboros-server merge BASE ADAPTER OUT [--dtype ...]    merge a LoRA adapter into MPT
 
 Every `serve` flag is a field of `server.settings.Settings`, so each also has an
 `AIROBOROS_<NAME>` environment variable; a flag given on the command line wins.
@@ -18,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from server import __version__
+from server.merge.command import add_merge_arguments, run_merge
 from server.settings import Settings
 
 # Settings that must never appear on a command line (visible in `ps`, shell history).
@@ -66,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare-default-model", help="convert the embedded default model (SmolLM2-135M) now"
     )
     prepare.add_argument("--cache-dir", default=argparse.SUPPRESS, help="where to convert it to")
+    merge = commands.add_parser(
+        "merge", help="merge a peft LoRA adapter into an MPT base checkpoint, shard by shard"
+    )
+    add_merge_arguments(merge)
     return parser
 
 
@@ -90,6 +96,8 @@ def configure_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
+    if command == "merge":  # an offline tool: none of the serve settings apply
+        return run_merge(args)
     settings = load_settings(args)
     configure_logging(settings.log_level)
     if command == "prepare-default-model":
