@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from prompt_formats import get_format
 
 from server import __version__
-from server.api import operations, routes
-from server.api.chat import ChatService
+from server.api import operations, routes, tokenization
+from server.api.chat import DROPPED_MESSAGES_HEADER, ChatService
 from server.api.completions import CompletionService
+from server.api.responses import ResponsesService
 from server.api.context import Services
 from server.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from server.errors import install_error_handlers
@@ -21,6 +23,10 @@ from server.metrics import Metrics
 from server.ops.lifecycle import Lifecycle
 from server.ops.state import ServerState
 from server.settings import Settings
+
+
+# Response headers a browser page may read (CORS hides all but a few by default).
+EXPOSED_HEADERS = ["X-Request-Id", "Retry-After", DROPPED_MESSAGES_HEADER]
 
 
 def served_model_name(settings: Settings) -> str:
@@ -58,15 +64,26 @@ def create_app(
     )
     app.state.server = state
     app.state.lifecycle = lifecycle
+    chat = ChatService(settings, get_format(settings.prompt_format))
     app.state.services = Services(
-        chat=ChatService(settings, get_format(settings.prompt_format)),
-        completions=CompletionService(settings),
+        chat=chat, completions=CompletionService(settings), responses=ResponsesService(chat)
     )
     app.include_router(routes.router)
+    app.include_router(tokenization.router)
     app.include_router(operations.router)
     install_error_handlers(app)
     # Added innermost first: the request id wraps everything, so even a 401 or 413 carries it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=settings.load_api_keys())
+    if settings.allowed_origins:
+        # Outside the API key check: a browser's preflight carries no key, and a 401 needs the
+        # CORS headers too, or the page cannot read why it failed.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_methods=settings.allowed_methods,
+            allow_headers=settings.allowed_headers,
+            expose_headers=EXPOSED_HEADERS,
+        )
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     return app
