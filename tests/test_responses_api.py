@@ -15,25 +15,15 @@ import httpx
 import openai
 import pytest
 
-from tests.support.openai_schema import OpenAISchemas
+from tests.support.openai_schema import RESPONSE_EVENT_SCHEMAS as EVENT_SCHEMAS, OpenAISchemas
 
 pytestmark = pytest.mark.engine
 
+# Greedy, the small model answers this in one sentence that names Paris and stops on its own
+# well within the token limit (asked bare, it lists "1. The capital of France is Paris. 2. …").
 QUESTION = "What is the capital of France?"
-GREEDY = {"temperature": 0, "max_output_tokens": 24}
-# The schema of each stream event type, in the order a stream sends them.
-EVENT_SCHEMAS = {
-    "response.created": "ResponseCreatedEvent",
-    "response.in_progress": "ResponseInProgressEvent",
-    "response.output_item.added": "ResponseOutputItemAddedEvent",
-    "response.content_part.added": "ResponseContentPartAddedEvent",
-    "response.output_text.delta": "ResponseTextDeltaEvent",
-    "response.output_text.done": "ResponseTextDoneEvent",
-    "response.content_part.done": "ResponseContentPartDoneEvent",
-    "response.output_item.done": "ResponseOutputItemDoneEvent",
-    "response.completed": "ResponseCompletedEvent",
-    "response.incomplete": "ResponseIncompleteEvent",
-}
+BRIEF = "Answer in one short sentence."
+GREEDY = {"temperature": 0, "max_output_tokens": 32}
 
 
 @pytest.fixture(scope="module")
@@ -52,34 +42,35 @@ def respond(client, default_model_name, schemas):
 
     def create(**fields):
         response = client.responses.create(model=default_model_name, **fields)
-        schemas.assert_valid("Response", response.model_dump(exclude_unset=True))
+        schemas.assert_valid("Response", response.model_dump(exclude_unset=True, by_alias=True))
         return response
 
     return create
 
 
 def chat_answer(client, model: str, messages: list[dict], **fields):
-    return client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=24, **fields)
+    return client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=32, **fields)
 
 
 def test_plain_input_gives_a_completed_message(respond):
-    response = respond(input=QUESTION, **GREEDY)
+    response = respond(input="What is 2 plus 2?", **GREEDY)
     assert response.object == "response" and response.status == "completed"
     assert response.id.startswith("resp_")
     (message,) = response.output
     assert (message.type, message.role, message.status) == ("message", "assistant", "completed")
     assert message.content[0].type == "output_text"
-    assert "Paris" in response.output_text
+    assert "4" in response.output_text
     usage = response.usage
-    assert usage.input_tokens > 0 and 0 < usage.output_tokens <= 24
+    assert usage.input_tokens > 0 and 0 < usage.output_tokens < 32
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
     assert usage.input_tokens_details.cached_tokens >= 0
     assert response.store is False
 
 
 def test_instructions_render_as_the_chat_system_message(respond, client, default_model_name):
-    instructions = "You are a pirate. Answer in one short sentence."
+    instructions = BRIEF
     response = respond(instructions=instructions, input=QUESTION, **GREEDY)
+    assert "Paris" in response.output_text
     assert response.instructions == instructions
     chat = chat_answer(
         client, default_model_name, [{"role": "system", "content": instructions}, {"role": "user", "content": QUESTION}]
@@ -147,7 +138,9 @@ def test_max_output_tokens_makes_an_incomplete_response(respond):
 
 
 def test_a_stream_sends_the_typed_events_in_order(client, default_model_name, schemas, respond):
-    events = list(client.responses.create(model=default_model_name, input=QUESTION, stream=True, **GREEDY))
+    events = list(
+        client.responses.create(model=default_model_name, instructions=BRIEF, input=QUESTION, stream=True, **GREEDY)
+    )
     kinds = [event.type for event in events]
     deltas = kinds.count("response.output_text.delta")
     assert deltas >= 1
@@ -158,23 +151,23 @@ def test_a_stream_sends_the_typed_events_in_order(client, default_model_name, sc
     ]
     assert [event.sequence_number for event in events] == list(range(len(events)))
     for event in events:
-        schemas.assert_valid(EVENT_SCHEMAS[event.type], event.model_dump(exclude_unset=True))
+        schemas.assert_valid(EVENT_SCHEMAS[event.type], event.model_dump(exclude_unset=True, by_alias=True))
     text = "".join(event.delta for event in events if event.type == "response.output_text.delta")
     final = events[-1].response
     assert final.status == "completed" and final.output_text == text
     assert events[-4].text == text
     # The same answer as without streaming, and the same token counts.
-    plain = respond(input=QUESTION, **GREEDY)
+    plain = respond(instructions=BRIEF, input=QUESTION, **GREEDY)
     assert plain.output_text == text
     assert (final.usage.input_tokens, final.usage.output_tokens) == (plain.usage.input_tokens, plain.usage.output_tokens)
 
 
 def test_the_sdk_stream_helper_gets_the_final_response(client, default_model_name, schemas):
-    with client.responses.stream(model=default_model_name, input=QUESTION, **GREEDY) as stream:
+    with client.responses.stream(model=default_model_name, instructions=BRIEF, input=QUESTION, **GREEDY) as stream:
         deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
         final = stream.get_final_response()
     assert final.output_text == "".join(deltas) and "Paris" in final.output_text
-    schemas.assert_valid("Response", final.model_dump(exclude_unset=True))
+    schemas.assert_valid("Response", final.model_dump(exclude_unset=True, by_alias=True))
 
 
 def test_the_wire_starts_with_a_keep_alive_and_has_no_done(default_server, default_model_name):
@@ -234,8 +227,8 @@ def test_an_agent_runs_to_a_final_output(default_server, default_model_name):
         openai_client=openai.AsyncOpenAI(base_url=default_server.openai_base_url, api_key="unused", max_retries=0),
     )
     agent = agents.Agent(
-        name="Geographer", instructions="Answer in one short sentence.", model=model,
-        model_settings=agents.ModelSettings(temperature=0, max_tokens=24),
+        name="Geographer", instructions=BRIEF, model=model,
+        model_settings=agents.ModelSettings(temperature=0, max_tokens=32),
     )
     result = asyncio.run(agents.Runner.run(agent, QUESTION))
     assert isinstance(result.final_output, str) and "Paris" in result.final_output

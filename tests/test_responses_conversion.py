@@ -112,11 +112,11 @@ def test_chat_params_are_renamed_in_errors():
 # --- the encoder ------------------------------------------------------------------------------
 
 
-def encoder() -> ResponsesEncoder:
+def encoder(**request_fields) -> ResponsesEncoder:
     outcome = Outcome(route="/test", request_id="rid", metrics=Metrics(CollectorRegistry()), deadline=0.0)
     outcome.prompt_tokens, outcome.cached_tokens = 20, 16
-    return ResponsesEncoder(request_id="rid", model="m\"odel", outcome=outcome, echo=ResponsesService.echo(
-        ResponsesRequest(model="m", input="Hi")))
+    echo = ResponsesService.echo(ResponsesRequest(model="m", input="Hi", **request_fields))
+    return ResponsesEncoder(request_id="rid", model="m\"odel", outcome=outcome, echo=echo)
 
 
 def events(frames: str) -> list[tuple[str, dict]]:
@@ -178,3 +178,21 @@ def test_a_failure_after_the_start_is_the_error_event():
         "type": "error", "code": "timeout", "message": "The request timed out and was stopped.", "param": None,
         "sequence_number": len(opening),
     }
+
+
+def test_every_event_and_the_body_match_openai_schemas(openai_openapi_file):
+    from tests.support.openai_schema import RESPONSE_EVENT_SCHEMAS as EVENT_SCHEMAS, OpenAISchemas
+
+    schemas = OpenAISchemas(openai_openapi_file)
+    json_schema = {"type": "json_schema", "name": "city", "schema": {"type": "object"}, "strict": True}
+    settings = [{}, {"text": {"format": json_schema}, "instructions": "Be brief.", "max_output_tokens": 9,
+                     "metadata": {"k": "v"}, "user": "u", "truncation": "auto", "temperature": 0.5}]
+    for finish_reason, request_fields in (("stop", settings[0]), ("length", settings[1])):
+        coder = encoder(**request_fields)
+        frames = coder.open() + coder.content(0, "Par") + coder.choice(0, "is", SimpleNamespace(finish_reason=finish_reason), None)
+        for kind, body in events(frames + coder.close()):
+            schemas.assert_valid(EVENT_SCHEMAS[kind], body)
+        body_coder = encoder(**request_fields)
+        schemas.assert_valid("Response", body_coder.body([SimpleNamespace(text="Paris", completion=SimpleNamespace(finish_reason=finish_reason))]))
+    kind, body = events(encoder().error(GenerationInterrupted("drain", "The server is shutting down.")))[0]
+    schemas.assert_valid("ResponseErrorEvent", body)

@@ -77,7 +77,7 @@ class ResponsesEncoder:
         return {"id": self.item_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
     def response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None) -> dict[str, Any]:
-        return {
+        response = {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
@@ -87,9 +87,11 @@ class ResponsesEncoder:
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "model": self.model,
             "output": output,
-            "usage": usage,
             **self.echo,
         }
+        if usage is not None:  # OpenAI's schema has no null usage: absent until the end
+            response["usage"] = usage
+        return response
 
     def final_response(self, text: str) -> dict[str, Any]:
         status = self.status

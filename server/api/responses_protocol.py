@@ -55,8 +55,10 @@ class ResponseTextFormat(BaseModel):
         """As the response object repeats it."""
         if self.type != "json_schema":
             return {"type": self.type}
-        return {"type": "json_schema", "name": self.name, "description": self.description,
-                "schema": self.schema_, "strict": self.strict}
+        echoed = {"type": "json_schema", "name": self.name, "schema": self.schema_, "strict": self.strict}
+        if self.description is not None:
+            echoed["description"] = self.description
+        return echoed
 
 
 class ResponseText(BaseModel):

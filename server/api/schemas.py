@@ -25,6 +25,7 @@ class ErrorResponse(BaseModel):
 
 class PromptTokensDetails(BaseModel):
     cached_tokens: int  # prompt tokens found in the engine's prefix cache
+    cache_write_tokens: int  # prompt tokens newly written to it
 
 
 class Usage(BaseModel):
@@ -122,7 +123,7 @@ class ResponseObject(BaseModel):
     incomplete_details: ResponseIncompleteDetails | None
     model: str
     output: list[ResponseOutputMessage]
-    usage: ResponseUsage | None
+    usage: ResponseUsage | None = None  # absent while in progress
     instructions: str | None
     max_output_tokens: int | None
     temperature: float | None
