@@ -15,9 +15,9 @@ from server import __version__
 from server.api import operations, routes, tokenization
 from server.api.chat import DROPPED_MESSAGES_HEADER, ChatService
 from server.api.completions import CompletionService
-from server.api.responses import ResponsesService
 from server.api.context import Services
 from server.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
+from server.api.responses import ResponsesService
 from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.ops.lifecycle import Lifecycle
