@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         # An empty key file would silently turn authentication off: refuse it instead.
         if not settings.load_api_keys():
             raise SystemExit(f"airoboros-server: API key file {settings.api_key_file} holds no key")
+    from server.ops.tls import tls_problem
+
+    if (problem := tls_problem(settings)) is not None:
+        raise SystemExit(f"airoboros-server: {problem}")
     from server.serve import run
 
     return run(settings)

@@ -44,6 +44,11 @@ class Metrics:
         self.prompt_tokens = Counter(
             f"{prefix}_prompt_tokens", "Prompt tokens of finished requests.", ["route"], registry=registry
         )
+        self.cached_prompt_tokens = Counter(
+            f"{prefix}_cached_prompt_tokens",
+            "Prompt tokens of finished requests found in the engine's prefix cache (not computed again).",
+            ["route"], registry=registry,
+        )
         self.completion_tokens = Counter(
             f"{prefix}_completion_tokens", "Generated tokens of finished requests.", ["route"],
             registry=registry,

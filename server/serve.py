@@ -36,7 +36,8 @@ def run(settings: Settings) -> int:
     app = create_app(settings, request_exit=request_exit)
     lifecycle: Lifecycle = app.state.lifecycle
     server = DrainingServer(uvicorn_config(settings, app), lifecycle, settings.shutdown_delay)
-    logger.info("listening on http://%s:%d", settings.host, settings.port)
+    scheme = "https" if settings.ssl_certfile is not None else "http"
+    logger.info("listening on %s://%s:%d", scheme, settings.host, settings.port)
     server.run()
     if app.state.server.phase is Phase.DEAD:
         exit_code["value"] = max(exit_code["value"], 1)

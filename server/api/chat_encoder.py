@@ -24,6 +24,7 @@ class ChatEncoder:
         logprobs: bool = False,
         top_logprobs: int = 0,
         include_usage: bool = False,
+        continuous_usage: bool = False,
     ) -> None:
         self.id = f"chatcmpl-{request_id}"
         self.model = model
@@ -33,7 +34,9 @@ class ChatEncoder:
         self.logprobs = logprobs
         self.top_logprobs = top_logprobs
         self.include_usage = include_usage
-        self.plain_deltas = not logprobs
+        # `usage` so far on every chunk: every delta then takes the general `choice` path.
+        self.continuous_usage = continuous_usage
+        self.plain_deltas = not logprobs and not continuous_usage
         self.head = {"id": self.id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
         # Nearly every chunk is one content delta and nothing else: its JSON up to the choice
         # index is the same for the whole stream (tests prove `content` equals `chunk`).
@@ -47,7 +50,9 @@ class ChatEncoder:
 
     # --- streaming ------------------------------------------------------------------------
 
-    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
+        if usage is None and self.continuous_usage:
+            usage = self.outcome.usage()
         body = {**self.head, "choices": choices}
         if usage is not None:
             body["usage"] = usage

@@ -26,6 +26,7 @@ class CompletionEncoder:
         logprobs: int | None = None,
         tokens_as_ids: bool = False,
         include_usage: bool = False,
+        continuous_usage: bool = False,
     ) -> None:
         self.id = f"cmpl-{request_id}"
         self.model = model
@@ -37,7 +38,9 @@ class CompletionEncoder:
         self.logprobs = logprobs
         self.tokens_as_ids = tokens_as_ids
         self.include_usage = include_usage
-        self.plain_deltas = logprobs is None and not echo
+        # `usage` so far on every chunk: every delta then takes the general `choice` path.
+        self.continuous_usage = continuous_usage
+        self.plain_deltas = logprobs is None and not echo and not continuous_usage
         self.head = {"id": self.id, "object": "text_completion", "created": int(time.time()), "model": model}
         self._content_prefix = "data: " + dumps(self.head)[:-1] + ',"choices":[{"index":'
         # Streaming state per choice: logprobs not yet sent, and whether the echo went out.
@@ -56,7 +59,9 @@ class CompletionEncoder:
 
     # --- streaming ------------------------------------------------------------------------
 
-    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
+        if usage is None and self.continuous_usage:
+            usage = self.outcome.usage()
         body = {**self.head, "choices": choices}
         if usage is not None:
             body["usage"] = usage

@@ -8,6 +8,7 @@ from fastapi import Request
 
 from server.api.chat import ChatService
 from server.api.completions import CompletionService
+from server.api.responses import ResponsesService
 from server.ops.state import ServerState
 
 
@@ -17,6 +18,7 @@ class Services:
 
     chat: ChatService
     completions: CompletionService
+    responses: ResponsesService
 
 
 def server_state(request: Request) -> ServerState:

@@ -30,6 +30,11 @@ def data_frame(payload: str) -> str:
     return f"data: {payload}\n\n"
 
 
+def event_frame(event_type: str, payload: str) -> str:
+    """One typed SSE event, as the Responses API sends them: the type, then its JSON."""
+    return f"event: {event_type}\ndata: {payload}\n\n"
+
+
 def api_error_for(exc: BaseException) -> APIError:
     """The client-facing error for a failure during generation; never leaks internals.
 

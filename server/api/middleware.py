@@ -1,7 +1,8 @@
 """Pure ASGI middlewares: request ids and the access log, API keys, the body size limit.
 
 They are plain ASGI callables, not Starlette's BaseHTTPMiddleware, which buffers and slows
-streaming responses. Order (outermost first): request id + access log → API key → body limit.
+streaming responses. Order (outermost first): request id + access log → CORS (Starlette's, only
+with `--allowed-origins`) → API key → body limit.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def route_label(path: str) -> str:
     # Bounded label values: known API paths as they are, everything else one bucket.
     if path.startswith("/v1/models/"):
         return "/v1/models/{id}"
-    if path.startswith(("/v1/", "/health", "/metrics", "/version")):
+    if path.startswith("/v1/responses/"):
+        return "/v1/responses/{id}"
+    if path.startswith(("/v1/", "/health", "/metrics", "/version")) or path in GUARDED_ROOT_PATHS:
         return path
     return "other"
 
@@ -106,12 +109,17 @@ class RequestContextMiddleware:
                 )
 
 
+# Guarded paths outside /v1/ (vLLM serves these at the root).
+GUARDED_ROOT_PATHS = frozenset({"/tokenize", "/detokenize"})
+
+
 def _is_guarded(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
+    return path == "/v1" or path.startswith("/v1/") or path in GUARDED_ROOT_PATHS
 
 
 class ApiKeyMiddleware:
-    """Guards every path under /v1/ (by prefix, so routes added later are covered too).
+    """Guards every path under /v1/ (by prefix, so routes added later are covered too), and
+    /tokenize and /detokenize.
 
     Keys are compared as SHA-256 digests with `hmac.compare_digest`, against every key without
     stopping early: the time taken depends neither on where a guess goes wrong nor on its length.

@@ -21,6 +21,8 @@ class _Request(BaseModel):
 
 class StreamOptions(_Request):
     include_usage: bool = False
+    # vLLM's extension: `usage` so far on every chunk (here it needs no `include_usage`).
+    continuous_usage_stats: bool = False
 
 
 class JsonSchemaFormat(_Request):
@@ -176,3 +178,38 @@ class RenderResponse(BaseModel):
     num_tokens: int
     max_model_len: int
     dropped_messages: int
+
+
+class TokenizeRequest(_Request):
+    """vLLM's `/tokenize`: a `prompt` (as completions sends it) or chat `messages` (as chat
+    renders them, extensions and history policy included)."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    add_special_tokens: bool = False  # prompt form only: the tokenizer's BOS/EOS additions
+    return_token_strs: bool = False
+    # Accepted for vLLM's clients: the airoboros prompt always ends with the assistant's turn.
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    documents: list[Document] | None = None
+    plainformat: bool = False
+    history: Literal["error", "fit", "last"] = "error"
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> "TokenizeRequest":
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` and `messages`")
+        return self
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: list[int] = Field(..., description="Token ids (each ≥ 0 and in the vocabulary).")
+
+    @field_validator("tokens")
+    @classmethod
+    def _non_negative(cls, value: list[int]) -> list[int]:
+        if any(token < 0 for token in value):
+            raise ValueError("token ids must not be negative")
+        return value

@@ -23,10 +23,16 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int  # prompt tokens found in the engine's prefix cache
+    cache_write_tokens: int  # prompt tokens newly written to it
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class ChatMessageOut(BaseModel):
@@ -69,6 +75,83 @@ class Completion(BaseModel):
     usage: Usage
 
 
+class ResponseOutputText(BaseModel):
+    type: Literal["output_text"]
+    text: str
+    annotations: list[Any]
+    logprobs: list[Any]
+
+
+class ResponseOutputMessage(BaseModel):
+    id: str
+    type: Literal["message"]
+    status: Literal["in_progress", "completed", "incomplete"]
+    role: Literal["assistant"]
+    content: list[ResponseOutputText]
+
+
+class ResponseInputTokensDetails(BaseModel):
+    cached_tokens: int
+    cache_write_tokens: int
+
+
+class ResponseOutputTokensDetails(BaseModel):
+    reasoning_tokens: int
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: ResponseInputTokensDetails
+    output_tokens: int
+    output_tokens_details: ResponseOutputTokensDetails
+    total_tokens: int
+
+
+class ResponseIncompleteDetails(BaseModel):
+    reason: Literal["max_output_tokens"]
+
+
+class ResponseObject(BaseModel):
+    """OpenAI's `response` object; the request's settings are repeated in it."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    completed_at: int | None
+    status: Literal["in_progress", "completed", "incomplete"]
+    error: None
+    incomplete_details: ResponseIncompleteDetails | None
+    model: str
+    output: list[ResponseOutputMessage]
+    usage: ResponseUsage | None = None  # absent while in progress
+    instructions: str | None
+    max_output_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    text: dict[str, Any]
+    tool_choice: str | dict[str, Any]
+    tools: list[Any]
+    parallel_tool_calls: bool
+    metadata: dict[str, str]
+    store: Literal[False]
+    background: Literal[False]
+    previous_response_id: None
+    reasoning: None
+    truncation: Literal["auto", "disabled"]
+    user: str | None = None
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"]
@@ -107,23 +190,35 @@ API_ERRORS: dict[int | str, dict[str, Any]] = {
     504: {**_ERROR, "description": "Request timed out"},
 }
 
-# One server-sent event: `data` holds a chunk's JSON, an error object, or `[DONE]` last.
-EVENT_STREAM = {
-    "text/event-stream": {
-        "schema": {
-            "type": "object",
-            "description": "SSE: `data: <chunk JSON>` events, then `data: [DONE]`; `: keep-alive` comments between.",
-            "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
-            "required": ["data"],
+CHUNK_STREAM = "SSE: `data: <chunk JSON>` events, then `data: [DONE]`; `: keep-alive` comments between."
+# The Responses API's stream (server/api/responses_encoder.py has the order).
+RESPONSE_EVENT_STREAM = (
+    "SSE: typed events, `event: <type>` then `data: <event JSON>` with its `sequence_number`: "
+    "response.created, response.in_progress, response.output_item.added, response.content_part.added, "
+    "response.output_text.delta..., response.output_text.done, response.content_part.done, "
+    "response.output_item.done, response.completed (or response.incomplete); an `error` event on a "
+    "failure; no [DONE]; `: keep-alive` comments between."
+)
+
+
+def event_stream(description: str) -> dict[str, Any]:
+    """One server-sent event: `data` holds its JSON (or `[DONE]`), `event` its type if typed."""
+    return {
+        "text/event-stream": {
+            "schema": {
+                "type": "object",
+                "description": description,
+                "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                "required": ["data"],
+            }
         }
     }
-}
 
 
-def generation_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+def generation_responses(model: type[BaseModel], stream: str = CHUNK_STREAM) -> dict[int | str, dict[str, Any]]:
     """A JSON body, or an SSE stream when the request sets `stream: true`."""
     return {
-        200: {"model": model, "content": EVENT_STREAM, "description": "JSON, or SSE when streaming"},
+        200: {"model": model, "content": event_stream(stream), "description": "JSON, or SSE when streaming"},
         499: {"description": "The client went away before the answer (nothing is sent)"},
         **API_ERRORS,
     }

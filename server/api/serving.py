@@ -89,8 +89,8 @@ async def serve_generation(
         if aborted is not None:
             state.metrics.aborted.labels(aborted).inc()
         access_log.update(
-            {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
-             "finish_reasons": outcome.finish_reasons, "aborted": aborted, **outcome.timings()}
+            {"prompt_tokens": outcome.prompt_tokens, "cached_tokens": outcome.cached_tokens,
+             "completion_tokens": outcome.completion_tokens, "finish_reasons": outcome.finish_reasons, "aborted": aborted, **outcome.timings()}
         )
         if settings.log_prompts:
             access_log.update({"prompt": prompt, "output": generation.texts()})

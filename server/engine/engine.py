@@ -95,9 +95,18 @@ class Engine:
 
     # --- requests --------------------------------------------------------------------------
 
-    def tokenize(self, text: str) -> list[int]:
-        # The prompt formats render the whole prompt, BOS included when wanted: add nothing.
-        return self._tokenizer.encode(text, add_special_tokens=False)
+    def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        # The prompt formats render the whole prompt, BOS included when wanted: add nothing
+        # (`/tokenize` may ask for the tokenizer's own additions).
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        """The text of token ids, special tokens included (what `/detokenize` answers)."""
+        return self._tokenizer.decode(token_ids)
+
+    def token_strings(self, token_ids: list[int]) -> list[str]:
+        """The tokenizer's own string for each id (byte-level marks such as `Ġ` kept)."""
+        return self._tokenizer.convert_ids_to_tokens(token_ids)
 
     def token_text(self, token_id: int) -> str:
         """The text of one token as OpenAI's logprobs show it (bytes decoded, lossy at UTF-8 splits)."""

@@ -117,6 +117,8 @@ class Generation:
         else:
             finals = await asyncio.gather(*(final_output(i, p) for i, p in enumerate(prompts)))
         self.outcome.mark_first_token()
+        for output in finals:
+            self.outcome.record_prefill(output)
         choices = []
         for position, output in enumerate(finals):
             for completion in sorted(output.outputs, key=lambda c: c.index):
@@ -166,7 +168,11 @@ class Generation:
 
         async def pump(position: int, prompt: EnginePrompt) -> None:
             base = position * self.prepared.n
+            first = True
             async for output in self._outputs(position, prompt):
+                if first:  # each prompt's prefix-cache counts come with its first output
+                    first = False
+                    self.outcome.record_prefill(output)
                 queue.put_nowait((base, output))
 
         async def run_all() -> None:
@@ -192,6 +198,8 @@ class Generation:
     def _frame(self, base: int, output: Any) -> str:
         if self.outcome.first_token_at is None:
             self.outcome.mark_first_token()
+            if len(self.prepared.prompts) == 1:  # several prompts: recorded in `_merged_frames`
+                self.outcome.record_prefill(output)
         completions = output.outputs
         if len(completions) == 1:
             return self._choice_frame(base, completions[0], output)

@@ -37,6 +37,10 @@ class Outcome:
     first_token_at: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Prompt tokens the engine found in its prefix cache, and those it wrote to it (vLLM's
+    # `num_cached_tokens` / `num_cache_creation_tokens`), summed over the request's prompts.
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
     finish_reasons: list[str] = field(default_factory=list)
 
     def mark_first_token(self) -> None:
@@ -50,15 +54,22 @@ class Outcome:
         self.metrics.finish_reasons.labels(self.route, finish_reason or "none").inc()
         self.metrics.stop_reasons.labels(stop_kind).inc()
 
+    def record_prefill(self, output: Any) -> None:
+        """The prefix-cache counts of one engine request, from its first `RequestOutput`."""
+        self.cached_tokens += output.num_cached_tokens or 0
+        self.cache_write_tokens += getattr(output, "num_cache_creation_tokens", None) or 0
+
     def record_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
+        """Chat and completions `usage`, so far (the driver counts tokens as they arrive)."""
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens, "cache_write_tokens": self.cache_write_tokens},
         }
 
     def finish(self) -> None:
@@ -67,6 +78,7 @@ class Outcome:
         self.metrics.request_latency.labels(self.route).observe(now - self.arrival)
         self.metrics.prompt_tokens.labels(self.route).inc(self.prompt_tokens)
         self.metrics.completion_tokens.labels(self.route).inc(self.completion_tokens)
+        self.metrics.cached_prompt_tokens.labels(self.route).inc(self.cached_tokens)
         if self.first_token_at is not None and self.completion_tokens > 1:
             per_token = (now - self.first_token_at) / (self.completion_tokens - 1)
             self.metrics.time_per_output_token.labels(self.route).observe(per_token)

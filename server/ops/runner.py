@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from server.ops.lifecycle import Lifecycle
+from server.ops.tls import uvicorn_tls_options
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -90,4 +91,5 @@ def uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
         access_log=False,  # the server writes its own structured access log
         log_config=None,
         lifespan="on",
+        **uvicorn_tls_options(settings),
     )
