@@ -2,8 +2,8 @@
 
 The harness starts this as a child process (`python -m bench.direct --model DIR ...`) and talks
 to it over stdin/stdout, one JSON object per line, so it can take its turn between the HTTP
-servers like a third contestant. The engine arguments are the ones `server.engine.Engine.start`
-builds; prompts arrive as the token ids our server renders, and sampling is what our server
+servers like a third contestant. The engine arguments are the ones our server builds
+(`server.engine.args.engine_args`); prompts arrive as the token ids our server renders, and sampling is what our server
 asks the engine for (greedy, `ignore_eos`, the airoboros stops, DELTA outputs). What this
 process measures is the floor under any front end; the HTTP numbers minus these are the cost
 of the front end.
@@ -23,27 +23,28 @@ import sys
 import time
 import uuid
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from bench.load import STOP_STRINGS, RequestRecord
 
 
 def build_engine(args: argparse.Namespace) -> Any:
-    from vllm.engine.arg_utils import AsyncEngineArgs
+    """The engine our server would build for the same settings (`server.engine.args`)."""
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    engine_args = AsyncEngineArgs(
-        model=args.model,
-        served_model_name=args.served_name,
-        tensor_parallel_size=1,
+    from server.engine.args import apply_engine_environment, engine_args
+    from server.settings import Settings
+
+    settings = Settings(
+        model=Path(args.model),
         dtype=args.dtype,
         max_model_len=args.max_model_len,
-        enforce_eager=args.enforce_eager,
         max_num_seqs=args.max_num_seqs,
-        disable_log_stats=False,
-        trust_remote_code=False,
+        enforce_eager=args.enforce_eager,
     )
-    return AsyncLLM.from_engine_args(engine_args)
+    apply_engine_environment(settings)
+    return AsyncLLM.from_engine_args(engine_args(settings, Path(args.model), args.served_name))
 
 
 async def generate_one(llm: Any, prompt_ids: list[int], max_tokens: int, timeout_s: float) -> RequestRecord:

@@ -5,15 +5,17 @@ way round. Start at `get_format()`; the rules it implements are in spec/prompt-f
 each module's docstring lists the choices it made where the spec is silent (marked *(ours)*).
 
 Modules: `errors` (exceptions and every error code), `messages` (validation, R4-R7),
-`documents` (the closed-context extension), `airoboros` (the prompt layout), `history` (fitting
-into the context, R11), `output` (stripping the reply, R10), `stops` (stop strings, R10),
-`protocol` (what a format provides), `registry` (formats by name).
+`documents` (the closed-context extension), `airoboros` (the prompt layout), `layout` (a prompt
+as pieces), `history` (fitting into the context, R11), `token_cache` (a prompt's token ids from
+cached pieces), `output` (stripping the reply, R10), `stops` (stop strings, R10), `protocol`
+(what a format provides), `registry` (formats by name).
 """
 
 from prompt_formats.airoboros import DEFAULT_SYSTEM, AiroborosFormat
 from prompt_formats.documents import DELIMITERS, Document, parse_documents, render_closed_context
 from prompt_formats.errors import ContextLengthExceeded, PromptFormatError
 from prompt_formats.history import HISTORY_POLICIES, FittedPrompt, HistoryPolicy
+from prompt_formats.layout import PromptLayout
 from prompt_formats.messages import Conversation, Exchange, Turn, parse_messages
 from prompt_formats.output import OutputShaper, shape_output
 from prompt_formats.protocol import PromptFormat
@@ -25,6 +27,7 @@ from prompt_formats.registry import (
     unregister_format,
 )
 from prompt_formats.stops import merge_stops
+from prompt_formats.token_cache import TokenCache
 
 __all__ = [
     "DEFAULT_FORMAT",
@@ -41,6 +44,8 @@ __all__ = [
     "OutputShaper",
     "PromptFormat",
     "PromptFormatError",
+    "PromptLayout",
+    "TokenCache",
     "Turn",
     "format_names",
     "get_format",

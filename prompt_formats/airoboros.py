@@ -3,9 +3,9 @@
     "{system} USER: {user} ASSISTANT: {reply}</s>USER: {user} ASSISTANT: "
 
 The model has no chat template; this module is that template. Message validation lives in
-`messages.py`, the closed-context layout in `documents.py`, history fitting in `history.py` and
-output clean-up in `output.py`; this module only lays out the text (R1-R3, R8, R12) and wires
-those together.
+`messages.py`, the closed-context layout in `documents.py`, history fitting in `history.py`,
+per-piece token ids in `token_cache.py` and output clean-up in `output.py`; this module only lays
+out the text (R1-R3, R8, R12), as the pieces of a `PromptLayout`, and wires those together.
 
 Why the pieces look the way they do: `</s>` is plain text for this tokenizer (R3), and the
 trailing space after `ASSISTANT:` is what training had (R2). An empty system text keeps its
@@ -30,9 +30,16 @@ from typing import Any
 
 from prompt_formats.documents import parse_documents, render_closed_context
 from prompt_formats.history import FittedPrompt, HistoryPolicy, fit_conversation
-from prompt_formats.messages import Conversation, Exchange, parse_messages
+from prompt_formats.layout import PromptLayout
+from prompt_formats.messages import Conversation, parse_messages
 from prompt_formats.output import OutputShaper
 from prompt_formats.stops import merge_stops
+from prompt_formats.token_cache import (
+    DEFAULT_MAX_BYTES,
+    TokenCache,
+    WholeTokenizer,
+    probe_conversations,
+)
 
 DEFAULT_SYSTEM = (
     "A chat between a curious user and an assistant. The assistant gives helpful, detailed, "
@@ -100,8 +107,9 @@ class AiroborosFormat:
     ) -> FittedPrompt:
         """Render, tokenize the whole prompt once, and apply `history` if it is too long (R11).
 
-        `tokenize` must add no special tokens. Raises `ContextLengthExceeded` when the prompt does
-        not fit even after the policy.
+        `tokenize` must add no special tokens. A `TokenCache` from `self.token_cache()` gives the
+        same ids from cached pieces. Raises `ContextLengthExceeded` when the prompt does not fit
+        even after the policy.
         """
         conversation = self.conversation(
             messages,
@@ -109,37 +117,57 @@ class AiroborosFormat:
             plainformat=plainformat,
             continue_final_message=continue_final_message,
         )
+        own_cache = isinstance(tokenize, TokenCache) and tokenize.checked_for == self.name
         return fit_conversation(
             conversation,
-            render=self.render_conversation,
-            exchange_text=self.exchange_text,
-            tokenize=tokenize,
+            self.layout(conversation),
+            tokens=tokenize if own_cache else WholeTokenizer(tokenize),
             max_prompt_tokens=max_prompt_tokens,
             history=history,
         )
 
+    def token_cache(
+        self, tokenize: Callable[[str], list[int]], *, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> TokenCache:
+        """A caching `tokenize` for this format's prompts, its joins checked on `tokenize` now."""
+        probes = [
+            self.layout(conversation).pieces(drop)
+            for conversation in probe_conversations()
+            for drop in range(len(conversation.exchanges) + 1)
+        ]
+        return TokenCache(tokenize, probes=probes, checked_for=self.name, max_bytes=max_bytes)
+
     def render_conversation(self, conversation: Conversation) -> str:
-        system = self.default_system if conversation.system is None else conversation.system
-        pieces = [system, " "]
-        pieces += [self.exchange_text(exchange) for exchange in conversation.exchanges]
-        prefill = conversation.prefill.text if conversation.prefill is not None else ""
-        pieces += ["USER: ", conversation.last_user.text, " ASSISTANT: ", prefill]
-        return "".join(pieces)
+        return self.layout(conversation).prompt()
 
-    @staticmethod
-    def exchange_text(exchange: Exchange) -> str:
-        """One earlier exchange as it stands in the prompt after the system part's space.
+    def layout(self, conversation: Conversation) -> PromptLayout:
+        """The prompt as pieces: a user message, a reply with its `</s>`, the assistant's head.
 
-        It ends in `</s>` and the next piece starts with `USER`: byte-level BPE splits there
-        anyway, which makes per-exchange token counts add up for history fitting.
+        Each boundary is followed by `USER: `, ` USER: ` or ` ASSISTANT: `, which byte-level BPE
+        splits before whatever comes first, so the pieces tokenize on their own as they do in
+        place (see `layout.py`); an empty user message (`USER: ` ends in a space) stays joined
+        to what follows it.
         """
-        return f"USER: {exchange.user.text} ASSISTANT: {exchange.assistant.text}{END_OF_REPLY}"
+        system = self.default_system if conversation.system is None else conversation.system
+        exchanges = tuple(
+            _turn_pieces(exchange.user.text, f" ASSISTANT: {exchange.assistant.text}{END_OF_REPLY}")
+            for exchange in conversation.exchanges
+        )
+        prefill = conversation.prefill.text if conversation.prefill is not None else ""
+        final = _turn_pieces(conversation.last_user.text, f" ASSISTANT: {prefill}")
+        return PromptLayout(system, exchanges, final, opening=" ")
 
     def stops(self, client_stop: str | Sequence[str] | None) -> list[str]:
         return merge_stops(self.stop_strings, client_stop)
 
     def output_shaper(self, *, continuation: bool = False) -> OutputShaper:
         return OutputShaper(continuation=continuation)
+
+
+def _turn_pieces(user_text: str, assistant_part: str) -> tuple[str, ...]:
+    if not user_text:
+        return (f"USER: {assistant_part}",)
+    return (f"USER: {user_text}", assistant_part)
 
 
 def _with_plainformat(text: str) -> str:

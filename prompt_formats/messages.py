@@ -109,7 +109,8 @@ def parse_messages(
     runs: list[tuple[str, list[str]]] = []  # (role, raw texts) of consecutive same-role messages
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
-        if not isinstance(message, Mapping):
+        # `type(...) is dict` first: the ABC check costs five times more, once per message.
+        if type(message) is not dict and not isinstance(message, Mapping):
             raise PromptFormatError(f"{where} must be an object.", code="invalid_message")
         role = message.get("role")
         if not isinstance(role, str):
@@ -175,6 +176,8 @@ def parse_messages(
 
 
 def _join_run(texts: list[str]) -> str:
+    if len(texts) == 1:  # nearly every run: the same text as the general case, at a tenth the cost
+        return texts[0].strip()
     return "\n".join(text.strip() for text in texts).strip()
 
 

@@ -64,7 +64,11 @@ class OutputShaper:
 
 
 def _is_header_prefix(word: str) -> bool:
-    return any(header.startswith(word) for header in HEADERS)
+    # A plain loop: this runs for every streamed token, and a generator costs more than the test.
+    for header in HEADERS:
+        if header.startswith(word):
+            return True
+    return False
 
 
 def _is_fragment(word: str) -> bool:
@@ -73,10 +77,9 @@ def _is_fragment(word: str) -> bool:
 
 def _last_word_start(text: str) -> int:
     """Index where the last whitespace-separated word of `text` (no trailing space) begins."""
-    for index in range(len(text) - 1, -1, -1):
-        if text[index].isspace():
-            return index + 1
-    return 0
+    # `rsplit(None, 1)` splits at the last run of `str.isspace` characters, in C.
+    words = text.rsplit(None, 1)
+    return len(text) - len(words[-1]) if words else 0
 
 
 def _finish(text: str, *, boundary_before: bool) -> str:

@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from prompt_formats.history import FittedPrompt, HistoryPolicy
 from prompt_formats.output import OutputShaper
+from prompt_formats.token_cache import TokenCache
 
 
 @runtime_checkable
@@ -44,6 +45,10 @@ class PromptFormat(Protocol):
         continue_final_message: bool = False,
     ) -> FittedPrompt:
         """The prompt and its token ids within `max_prompt_tokens`, after the history policy."""
+        ...
+
+    def token_cache(self, tokenize: Callable[[str], list[int]]) -> TokenCache:
+        """A `tokenize` for `render_fitted` caching ids per piece, checked once for `tokenize`."""
         ...
 
     def stops(self, client_stop: str | Sequence[str] | None) -> list[str]:

@@ -2,6 +2,7 @@
 
     airoboros-server serve [--model DIR] [--port 8000] ...   start the server
     airoboros-server prepare-default-model                   convert the embedded model now
+    airoboros-server merge BASE ADAPTER OUT [--dtype ...]    merge a LoRA adapter into MPT
     airoboros-server chat [--url URL] [--model NAME] ...     chat with a running server
 
 Every `serve` flag is a field of `server.settings.Settings`, so each also has an
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import typing
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from server import __version__
+from server.merge.command import add_merge_arguments, run_merge
 from server.settings import Settings
 from server.terminal import add_chat_arguments
 
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare-default-model", help="convert the embedded default model (SmolLM2-135M) now"
     )
     prepare.add_argument("--cache-dir", default=argparse.SUPPRESS, help="where to convert it to")
+    merge = commands.add_parser(
+        "merge", help="merge a peft LoRA adapter into an MPT base checkpoint, shard by shard"
+    )
+    add_merge_arguments(merge)
     chat = commands.add_parser("chat", help="chat with a running server in this terminal")
     add_chat_arguments(chat)
     return parser
@@ -95,16 +100,19 @@ def configure_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
+    if command == "merge":  # an offline tool: none of the serve settings apply
+        return run_merge(args)
     if command == "chat":  # a client: the server's settings and environment do not apply
         from server.terminal.app import main as chat_main
 
         return chat_main(args)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = load_settings(args)
     configure_logging(settings.log_level)
     if command == "prepare-default-model":
-        from server.default_model import prepare_default_model
+        from server.engine.args import apply_engine_environment
+        from server.engine.default_model import prepare_default_model
 
+        apply_engine_environment(settings)
         print(prepare_default_model(settings.resolved_cache_dir()))
         return 0
     if settings.api_key_file is not None:
@@ -113,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         # An empty key file would silently turn authentication off: refuse it instead.
         if not settings.load_api_keys():
             raise SystemExit(f"airoboros-server: API key file {settings.api_key_file} holds no key")
-    from server.runner import run
+    from server.ops.tls import tls_problem
+
+    if (problem := tls_problem(settings)) is not None:
+        raise SystemExit(f"airoboros-server: {problem}")
+    from server.serve import run
 
     return run(settings)
 

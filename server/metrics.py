@@ -1,7 +1,8 @@
 """The server's Prometheus series (http-api.md, "Metrics").
 
-They live in prometheus_client's default registry beside vLLM's own `vllm:*` series, which
-vLLM's stat loggers update in this process, so one `/metrics` page shows both.
+In production they live in prometheus_client's default registry beside vLLM's own `vllm:*`
+series, which vLLM's stat loggers update in this process, so one `/metrics` page shows both. An
+app built with its own registry (tests) serves that registry alone.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ _TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
         prefix = "airoboros"
         self.requests = Counter(
             f"{prefix}_requests", "Finished HTTP requests.", ["route", "status"], registry=registry
@@ -41,6 +43,11 @@ class Metrics:
         )
         self.prompt_tokens = Counter(
             f"{prefix}_prompt_tokens", "Prompt tokens of finished requests.", ["route"], registry=registry
+        )
+        self.cached_prompt_tokens = Counter(
+            f"{prefix}_cached_prompt_tokens",
+            "Prompt tokens of finished requests found in the engine's prefix cache (not computed again).",
+            ["route"], registry=registry,
         )
         self.completion_tokens = Counter(
             f"{prefix}_completion_tokens", "Generated tokens of finished requests.", ["route"],

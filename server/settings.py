@@ -62,12 +62,32 @@ class Settings(BaseSettings):
         exclude=True,
         repr=False,
     )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins whose browser pages may call the API (CORS), comma-separated; `*` for "
+        "any. Default none: no CORS headers at all.",
+    )
+    allowed_methods: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"], description="HTTP methods CORS allows (with --allowed-origins)."
+    )
+    allowed_headers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"], description="Request headers CORS allows (with --allowed-origins)."
+    )
+    ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM): serve HTTPS only.")
+    ssl_keyfile: Path | None = Field(
+        None, description="TLS private key (PEM) of --ssl-certfile, unless that file holds it."
+    )
+    ssl_ca_certs: Path | None = Field(
+        None,
+        description="CA certificates (PEM): given, every client must present a certificate they "
+        "signed (mutual TLS); absent, none is asked for.",
+    )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Request body limit.")
     keep_alive_timeout: float = Field(
         75.0, gt=0, description="Idle HTTP keep-alive seconds (above load-balancer idle timeouts)."
     )
     sse_ping_seconds: float = Field(
-        5.0, gt=0, description="Keep-alive comment interval on a stream while no token flows."
+        5.0, gt=0, description="Seconds between `: keep-alive` comments on a stream."
     )
 
     # --- requests --------------------------------------------------------------------------
@@ -88,16 +108,12 @@ class Settings(BaseSettings):
     log_prompts: bool = Field(False, description="Log prompt and output text.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("model_aliases", "api_keys", mode="before")
+    @field_validator("model_aliases", "api_keys", "allowed_origins", "allowed_methods", "allowed_headers", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
-
-    @property
-    def uses_default_model(self) -> bool:
-        return self.model is None
 
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir.expanduser()

@@ -25,7 +25,7 @@ NO_NETWORK_CONVERSION = textwrap.dedent(
     socket.getaddrinfo = refuse
 
     from pathlib import Path
-    from server.default_model import prepare_default_model
+    from server.engine.default_model import prepare_default_model
     print(prepare_default_model(Path(sys.argv[1])))
     """
 )

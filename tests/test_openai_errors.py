@@ -225,6 +225,24 @@ def test_sdk_raises_on_an_error_event(impatient_server):
     assert "timed out" in str(caught.value.message)
 
 
+def test_a_responses_stream_ends_with_the_error_event(impatient_server, schemas):
+    body = {
+        "model": "smollm2-135m-instruct", "input": "What is the capital of France?", "stream": True,
+        "max_output_tokens": 4000, **NEVER_STOPS,
+    }
+    with httpx.stream("POST", impatient_server.base_url + "/v1/responses", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        raw = b"".join(response.iter_raw()).decode()
+    blocks = [block.split("\n") for block in raw.split("\n\n") if block.startswith("event: ")]
+    kinds = [lines[0].removeprefix("event: ") for lines in blocks]
+    assert "response.output_text.delta" in kinds and kinds[-1] == "error"  # tokens flowed first
+    error = json.loads(blocks[-1][1].removeprefix("data: "))
+    schemas.assert_valid("ResponseErrorEvent", error)
+    assert error["code"] == "timeout" and "timed out" in error["message"]
+    assert error["sequence_number"] == len(blocks) - 1
+    assert "[DONE]" not in raw
+
+
 def test_non_stream_timeout_is_a_clear_504(impatient_server, schemas):
     response = httpx.post(
         impatient_server.base_url + "/v1/chat/completions",

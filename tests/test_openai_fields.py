@@ -14,7 +14,7 @@ import openai
 import pytest
 from tokenizers import Tokenizer
 
-from server.default_model import checkpoint_dir
+from server.engine.default_model import checkpoint_dir
 from server.settings import Settings
 from tests.conftest import DEFAULT_MODEL_ALIAS
 from tests.support.openai_schema import OpenAISchemas

@@ -283,7 +283,7 @@ def test_metrics_show_the_contract_beside_vllm_series(default_server, default_mo
 
 
 def test_keep_alive_timeout_defaults_above_load_balancer_idle_timeouts():
-    from server.runner import FLUSH_GRACE_S, uvicorn_config
+    from server.ops.runner import FLUSH_GRACE_S, uvicorn_config
     from server.settings import Settings
 
     settings = Settings()
@@ -309,11 +309,11 @@ def test_sigusr1_writes_every_threads_stack_to_the_log_and_serving_goes_on(defau
     logged_before = len(default_server.log_text())
     os.kill(default_server.process.pid, signal.SIGUSR1)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and "server/runner.py" not in default_server.log_text()[logged_before:]:
+    while time.monotonic() < deadline and "server/serve.py" not in default_server.log_text()[logged_before:]:
         time.sleep(0.1)
     dump = default_server.log_text()[logged_before:]
     # The event loop's thread (in the runner) and the others, e.g. the engine loader's pool.
-    assert "server/runner.py" in dump, dump[-3000:]
+    assert "server/serve.py" in dump, dump[-3000:]
     assert dump.count("(most recent call first)") >= 2, dump[-3000:]
     after = httpx.post(
         default_server.openai_base_url + "/chat/completions",

@@ -1,4 +1,8 @@
-"""Fitting long chats into the budget: R11 and the `history` extension (error / fit / last)."""
+"""Fitting long chats into the budget: R11 and the `history` extension (error / fit / last).
+
+`"fit"` drops whole blocks of at least half the room at points fixed by the history itself, so a
+growing chat keeps the same start for several turns (the engine's prefix cache needs that).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from prompt_formats import ContextLengthExceeded, PromptFormatError, get_format
+from prompt_formats.history import drop_points
 
 SYSTEM = {"role": "system", "content": "You are a patient historian who answers at length."}
 
@@ -69,9 +74,20 @@ def test_error_policy_accepts_a_prompt_exactly_at_the_budget(fmt, neox_tokenize)
     assert len(fitted.token_ids) == full
 
 
-def test_fit_keeps_system_and_last_user_drops_fewest_oldest_exchanges(fmt, neox_tokenize):
+def exchange_tokens(fmt, tokenize, messages) -> list[int]:
+    """Each earlier exchange's tokens where it follows another, as fitting counts them."""
+    layout = fmt.layout(fmt.conversation(messages))
+    return [len(tokenize("".join(pieces))) for pieces in layout.exchanges]
+
+
+def room(fmt, tokenize, messages, budget: int) -> int:
+    """The budget less the system part: what the history and the last message share."""
+    return budget - len(tokenize(fmt.layout(fmt.conversation(messages)).system))
+
+
+def test_fit_keeps_system_and_last_user_and_drops_a_block_of_the_oldest(fmt, neox_tokenize):
     messages = long_chat(30)
-    budget = prompt_tokens(fmt, neox_tokenize, messages) // 2
+    budget = prompt_tokens(fmt, neox_tokenize, messages) * 9 // 10
     fitted = fmt.render_fitted(
         messages, tokenize=neox_tokenize, max_prompt_tokens=budget, history="fit"
     )
@@ -82,6 +98,62 @@ def test_fit_keeps_system_and_last_user_drops_fewest_oldest_exchanges(fmt, neox_
     assert fitted.prompt.startswith(SYSTEM["content"] + " USER: ")
     assert fitted.prompt.endswith("USER: And what happened last? ASSISTANT: ")
     assert fitted.token_ids == neox_tokenize(fitted.prompt)
+    assert len(fitted.token_ids) <= budget
+    # It only had to drop a tenth, yet dropped at least half the room: the next turns fit too.
+    sizes = exchange_tokens(fmt, neox_tokenize, messages)
+    assert sum(sizes[:dropped_exchanges]) >= room(fmt, neox_tokenize, messages, budget) // 2
+    # ... and no more than one block: one exchange fewer leaves less than half the room dropped.
+    assert sum(sizes[: dropped_exchanges - 1]) < room(fmt, neox_tokenize, messages, budget) // 2
+
+
+def test_fit_drops_at_fixed_points_so_a_growing_chat_keeps_its_start(fmt, neox_tokenize):
+    """Turn after turn past the limit, the prompt starts the same until it outgrows the budget
+    again: the engine's prefix cache then covers everything but the newest exchange."""
+    budget = 1200
+    chat = long_chat(60)
+    turns_past_limit = 0
+    start_changes = 0
+    previous = None
+    for exchanges in range(4, 61):
+        messages = [*chat[: 1 + 2 * exchanges], {"role": "user", "content": f"Turn {exchanges}?"}]
+        fitted = fmt.render_fitted(
+            messages, tokenize=neox_tokenize, max_prompt_tokens=budget, history="fit"
+        )
+        assert len(fitted.token_ids) <= budget
+        assert fitted.token_ids == neox_tokenize(fitted.prompt)
+        if fitted.dropped_messages:
+            turns_past_limit += 1
+            # Everything but the new question (and the reply to the last one) was in the
+            # previous prompt, character for character, unless the start moved.
+            asked_before = previous.prompt[: previous.prompt.rindex("USER: ")]
+            if not fitted.prompt.startswith(asked_before):
+                start_changes += 1
+        previous = fitted
+    # An exchange here is about a twentieth of the budget: a block of half the room lasts
+    # about nine turns. Dropping the fewest exchanges would move the start on every turn.
+    assert turns_past_limit >= 30
+    assert 1 <= start_changes <= turns_past_limit // 5
+
+
+def test_drop_points_close_a_block_at_each_half_of_the_room():
+    assert drop_points([10, 10, 10, 10, 10, 10, 10], room=40) == [2, 4, 6, 7]
+    assert drop_points([30, 5, 25, 100, 1], room=60) == [1, 3, 4, 5]
+    # Too little history for one block: every exchange is a point, fewest first.
+    assert drop_points([3, 3, 3], room=100) == [1, 2, 3]
+    assert drop_points([], room=100) == []
+
+
+def test_fit_drops_the_fewest_when_the_history_is_too_short_for_a_block(fmt, neox_tokenize):
+    """A huge last message, little history: every exchange is a drop point, fewest first."""
+    messages = [*long_chat(6)[:-1], {"role": "user", "content": "Why? " * 600}]
+    full = prompt_tokens(fmt, neox_tokenize, messages)
+    budget = full - 30
+    sizes = exchange_tokens(fmt, neox_tokenize, messages)
+    assert sum(sizes) < room(fmt, neox_tokenize, messages, budget) // 2
+    fitted = fmt.render_fitted(
+        messages, tokenize=neox_tokenize, max_prompt_tokens=budget, history="fit"
+    )
+    dropped_exchanges = fitted.dropped_messages // 2
     assert len(fitted.token_ids) <= budget
     one_fewer = without_oldest_exchanges(messages, dropped_exchanges - 1)
     assert prompt_tokens(fmt, neox_tokenize, one_fewer) > budget
@@ -110,7 +182,7 @@ def test_fit_tokenizes_the_whole_prompt_twice_however_many_it_drops(fmt, neox_to
 
     def counting_tokenize(text: str) -> list[int]:
         nonlocal full_prompt_calls
-        full_prompt_calls += text.startswith(SYSTEM["content"])
+        full_prompt_calls += text.startswith(SYSTEM["content"]) and text.endswith("ASSISTANT: ")
         return neox_tokenize(text)
 
     budget = prompt_tokens(fmt, neox_tokenize, messages) // 4
@@ -175,9 +247,9 @@ def test_unknown_history_policy_is_a_client_error(fmt, neox_tokenize):
     [lambda n: n * n // 200 + 1, lambda n: int(n**0.5) + 1],
     ids=["superadditive", "subadditive"],
 )
-def test_fit_is_minimal_even_when_token_counts_do_not_add_up(fmt, count):
+def test_fit_takes_the_first_drop_point_that_fits_even_when_counts_do_not_add_up(fmt, count):
     """Estimates from pieces are off for such tokenizers; verification must still find the
-    fewest exchanges to drop."""
+    first drop point at which the prompt fits."""
 
     def tokenize(text: str) -> list[int]:
         return [7] * count(len(text))
@@ -188,5 +260,10 @@ def test_fit_is_minimal_even_when_token_counts_do_not_add_up(fmt, count):
     dropped_exchanges = fitted.dropped_messages // 2
     assert fitted.prompt == fmt.render(without_oldest_exchanges(messages, dropped_exchanges))
     assert len(fitted.token_ids) <= budget
-    one_fewer = without_oldest_exchanges(messages, dropped_exchanges - 1)
-    assert prompt_tokens(fmt, tokenize, one_fewer) > budget
+    sizes = exchange_tokens(fmt, tokenize, messages)
+    points = drop_points(sizes, room(fmt, tokenize, messages, budget))
+    assert dropped_exchanges in points
+    earlier = [point for point in points if point < dropped_exchanges]
+    if earlier:
+        fewer = without_oldest_exchanges(messages, earlier[-1])
+        assert prompt_tokens(fmt, tokenize, fewer) > budget

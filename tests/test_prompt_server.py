@@ -10,7 +10,10 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
+from tokenizers import Tokenizer
 
+from server.engine.default_model import checkpoint_dir
+from server.settings import Settings
 from tests.support.golden_cases import GOLDEN_CASES, SYSTEM, GoldenCase
 from tests.support.server import running_server
 from tests.support.tiny_mpt import make_tiny_mpt
@@ -205,6 +208,19 @@ def test_default_max_tokens_is_clamped_to_the_context_left(default_server, defau
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] == room
     assert response.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_growing_chat_renders_the_ids_of_a_full_tokenization(default_server, default_model_name):
+    """The server's ids come from its token cache, turn after turn; they must be exactly what the
+    model's own tokenizer makes of the whole prompt (messages of every shape, empty ones too)."""
+    tokenizer = Tokenizer.from_file(str(checkpoint_dir(Settings().resolved_cache_dir()) / "tokenizer.json"))
+    replies = ["Sure.", "", "Voil\u00e0: caf\u00e9 \U0001f642", "  spaced  ", "It's 42!</s>", "\u65e5\u672c"]
+    messages: list[dict] = [{"role": "system", "content": "Answer briefly."}]
+    for turn, reply in enumerate(replies):
+        messages.append({"role": "user", "content": f"Question {turn}? " + reply})
+        body = render(default_server, default_model_name, messages=messages).json()
+        assert body["token_ids"] == tokenizer.encode(body["prompt"], add_special_tokens=False).ids
+        messages.append({"role": "assistant", "content": reply})
 
 
 def test_system_prompt_is_never_cut(default_server, default_model_name):

@@ -17,6 +17,20 @@ from referencing.jsonschema import DRAFT202012
 
 DOCUMENT_URI = "urn:openai-openapi"
 
+# The schema of each Responses API stream event type, in the order a stream sends them.
+RESPONSE_EVENT_SCHEMAS = {
+    "response.created": "ResponseCreatedEvent",
+    "response.in_progress": "ResponseInProgressEvent",
+    "response.output_item.added": "ResponseOutputItemAddedEvent",
+    "response.content_part.added": "ResponseContentPartAddedEvent",
+    "response.output_text.delta": "ResponseTextDeltaEvent",
+    "response.output_text.done": "ResponseTextDoneEvent",
+    "response.content_part.done": "ResponseContentPartDoneEvent",
+    "response.output_item.done": "ResponseOutputItemDoneEvent",
+    "response.completed": "ResponseCompletedEvent",
+    "response.incomplete": "ResponseIncompleteEvent",
+}
+
 
 def _allow_null(node: Any) -> Any:
     if isinstance(node, dict):

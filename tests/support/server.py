@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 
@@ -39,10 +39,14 @@ class RunningServer:
     log_path: Path
     api_key: str | None = None
     extra: dict = field(default_factory=dict)
+    # An HTTPS server: "https", and what httpx's `verify` needs to trust (and, for mutual TLS,
+    # present to) it: an ssl.SSLContext.
+    scheme: str = "http"
+    verify: Any = True
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def openai_base_url(self) -> str:
@@ -75,7 +79,7 @@ def wait_until_ready(server: RunningServer, timeout: float = START_TIMEOUT_S, re
                 f"server exited with {server.process.returncode} during start-up:\n" + server.log_text()[-6000:]
             )
         try:
-            if httpx.get(server.base_url + ready_path, timeout=2).status_code == 200:
+            if httpx.get(server.base_url + ready_path, timeout=2, verify=server.verify).status_code == 200:
                 return time.monotonic() - started
         except httpx.HTTPError:
             pass
@@ -108,6 +112,8 @@ def launch_server(
     wait_ready: bool = True,
     ready_path: str = "/health/ready",
     port: int | None = None,
+    scheme: str = "http",
+    verify: Any = True,
 ) -> RunningServer:
     """Start `python -m server serve <args>`; the caller must `stop_server` it."""
     port = port or free_port()
@@ -130,7 +136,9 @@ def launch_server(
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so cleanup reaches engine children
     )
-    server = RunningServer(process=process, port=port, log_path=Path(log_file.name), api_key=api_key)
+    server = RunningServer(
+        process=process, port=port, log_path=Path(log_file.name), api_key=api_key, scheme=scheme, verify=verify
+    )
     if wait_ready:
         try:
             wait_until_ready(server, ready_path=ready_path)

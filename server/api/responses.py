@@ -1,0 +1,173 @@
+"""`/v1/responses`: Responses API input → the chat route's own rendering and generation.
+
+A Responses request is a chat request in other words: `instructions` is the system message,
+`input` the conversation, `max_output_tokens` / `text.format` the chat route's
+`max_completion_tokens` / `response_format`. `ResponsesService` says it in those words and hands
+the result to `ChatService.prepare`, so the airoboros prompt, the history policy, documents,
+stops, constrained decoding and output shaping are the chat route's, not a copy of them. Errors
+name the Responses API's fields (`input`, not `messages`).
+
+The server is stateless: what needs a stored response or tools is refused with a 400 naming
+the field.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import ValidationError
+
+from server.api.chat import ChatService
+from server.api.protocol import ChatCompletionRequest
+from server.api.responses_protocol import ResponseInputItem, ResponsesRequest
+from server.engine import Engine
+from server.errors import APIError, invalid_request
+from server.generation import PreparedGeneration
+
+# Input content parts that are text, in the Responses API's names.
+TEXT_PART_TYPES = {"input_text", "output_text", "text"}
+# Fields that mean the same on both routes.
+SAMPLING_EXTENSIONS = ("seed", "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos")
+# The chat route's field names → the Responses API's, for error `param`s.
+RESPONSES_PARAMS = {
+    "messages": "input",
+    "max_completion_tokens": "max_output_tokens",
+    "max_tokens": "max_output_tokens",
+    "response_format": "text.format",
+}
+
+
+def _stateless(message: str, param: str) -> APIError:
+    return invalid_request(message, param=param, code="unsupported_parameter")
+
+
+def refuse_unsupported(request: ResponsesRequest) -> None:
+    """A 400 for what needs server-side state or tools."""
+    if request.store:
+        raise _stateless(
+            "store: true is not supported: this server keeps no responses (store defaults to false here).",
+            "store",
+        )
+    if request.previous_response_id is not None:
+        raise _stateless(
+            "previous_response_id is not supported: this server keeps no responses; send the whole "
+            "conversation in `input`.",
+            "previous_response_id",
+        )
+    if request.conversation is not None:
+        raise _stateless(
+            "conversation is not supported: this server keeps no conversations; send the whole "
+            "conversation in `input`.",
+            "conversation",
+        )
+    if request.background:
+        raise _stateless("background is not supported: this server keeps no responses to poll.", "background")
+    if request.tools:
+        raise invalid_request(
+            "This model does not support tools; remove `tools`.", param="tools", code="tools_not_supported"
+        )
+    if request.tool_choice not in (None, "none", "auto"):
+        raise invalid_request(
+            "This model does not support tools; tool_choice may only be 'none' or 'auto'.",
+            param="tool_choice", code="tools_not_supported",
+        )
+
+
+def input_message(position: int, item: ResponseInputItem) -> dict[str, Any]:
+    """One `input` item as a chat message; text parts become chat `text` parts."""
+    if item.type != "message":
+        raise invalid_request(
+            f"input[{position}] has type {item.type!r}: only message items are accepted "
+            "(this server has no tools and keeps no items).",
+            param="input", code="unsupported_input_item",
+        )
+    if item.role is None:
+        raise invalid_request(f"input[{position}].role is required.", param="input")
+    content: Any = item.content
+    if isinstance(content, list):
+        # Other part types (input_image, input_file...) keep their type, so the prompt format
+        # refuses them as it refuses them on chat.
+        content = [
+            {"type": "text", "text": part.text} if part.type in TEXT_PART_TYPES else part.model_dump()
+            for part in content
+        ]
+    return {"role": item.role, "content": content}
+
+
+def in_responses_terms(error: APIError) -> APIError:
+    """A chat error with its `param` in the Responses API's words (`messages...` → `input`)."""
+    head = re.split(r"[.\[]", error.param or "", maxsplit=1)[0]
+    if head not in RESPONSES_PARAMS:
+        return error
+    # Message indexes are not the input's (the instructions come first): name the field only.
+    param = RESPONSES_PARAMS[head]
+    return APIError(error.status, error.message, type=error.type, code=error.code, param=param, headers=error.headers)
+
+
+class ResponsesService:
+    def __init__(self, chat: ChatService) -> None:
+        self.chat = chat
+
+    def chat_request(self, request: ResponsesRequest) -> ChatCompletionRequest:
+        """The same request in the chat route's words."""
+        refuse_unsupported(request)
+        messages: list[dict[str, Any]] = []
+        if request.instructions is not None:
+            messages.append({"role": "system", "content": request.instructions})
+        if isinstance(request.input, str):
+            messages.append({"role": "user", "content": request.input})
+        else:
+            messages.extend(input_message(position, item) for position, item in enumerate(request.input))
+        text_format = request.text.format if request.text is not None else None
+        history = request.history or ("fit" if request.truncation == "auto" else "error")
+        try:
+            return ChatCompletionRequest(
+                model=request.model,
+                messages=messages,
+                max_completion_tokens=request.max_output_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                **{name: getattr(request, name) for name in SAMPLING_EXTENSIONS},
+                stream=request.stream,
+                response_format=text_format.as_response_format() if text_format is not None else None,
+                documents=request.documents,
+                plainformat=request.plainformat,
+                history=history,
+                user=request.user,
+            )
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first.get("loc", ()))
+            raise in_responses_terms(invalid_request(f"Invalid value for '{where}': {first['msg']}.", param=where)) from None
+
+    def prepare(self, request: ResponsesRequest, engine: Engine) -> PreparedGeneration:
+        chat_request = self.chat_request(request)
+        try:
+            return self.chat.prepare(chat_request, engine)
+        except APIError as error:
+            raise in_responses_terms(error) from error
+
+    @staticmethod
+    def echo(request: ResponsesRequest) -> dict[str, Any]:
+        """The request's settings as the `response` object repeats them."""
+        text_format = request.text.format if request.text is not None else None
+        echoed: dict[str, Any] = {
+            "instructions": request.instructions,
+            "max_output_tokens": request.max_output_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "text": {"format": text_format.echo() if text_format is not None else {"type": "text"}},
+            "tool_choice": request.tool_choice or "auto",
+            "tools": [],
+            "parallel_tool_calls": True if request.parallel_tool_calls is None else request.parallel_tool_calls,
+            "metadata": request.metadata or {},
+            "store": False,
+            "background": False,
+            "previous_response_id": None,
+            "reasoning": None,
+            "truncation": request.truncation or "disabled",
+        }
+        if request.user is not None:
+            echoed["user"] = request.user
+        return echoed

@@ -1,0 +1,224 @@
+"""Response models for `/openapi.json`: what each route answers, for clients and schema tools.
+
+The routes build their bodies as plain dicts (cheaper per token than validating models on the
+hot path); these models only document those bodies. The tests validate real responses against
+both these models (through schemathesis) and OpenAI's own published schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int  # prompt tokens found in the engine's prefix cache
+    cache_write_tokens: int  # prompt tokens newly written to it
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"]
+    content: str | None
+    refusal: None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: dict[str, Any] | None
+    finish_reason: str | None
+    stop_reason: int | str | None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: dict[str, Any] | None
+    finish_reason: str | None
+    stop_reason: int | str | None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ResponseOutputText(BaseModel):
+    type: Literal["output_text"]
+    text: str
+    annotations: list[Any]
+    logprobs: list[Any]
+
+
+class ResponseOutputMessage(BaseModel):
+    id: str
+    type: Literal["message"]
+    status: Literal["in_progress", "completed", "incomplete"]
+    role: Literal["assistant"]
+    content: list[ResponseOutputText]
+
+
+class ResponseInputTokensDetails(BaseModel):
+    cached_tokens: int
+    cache_write_tokens: int
+
+
+class ResponseOutputTokensDetails(BaseModel):
+    reasoning_tokens: int
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: ResponseInputTokensDetails
+    output_tokens: int
+    output_tokens_details: ResponseOutputTokensDetails
+    total_tokens: int
+
+
+class ResponseIncompleteDetails(BaseModel):
+    reason: Literal["max_output_tokens"]
+
+
+class ResponseObject(BaseModel):
+    """OpenAI's `response` object; the request's settings are repeated in it."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    completed_at: int | None
+    status: Literal["in_progress", "completed", "incomplete"]
+    error: None
+    incomplete_details: ResponseIncompleteDetails | None
+    model: str
+    output: list[ResponseOutputMessage]
+    usage: ResponseUsage | None = None  # absent while in progress
+    instructions: str | None
+    max_output_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    text: dict[str, Any]
+    tool_choice: str | dict[str, Any]
+    tools: list[Any]
+    parallel_tool_calls: bool
+    metadata: dict[str, str]
+    store: Literal[False]
+    background: Literal[False]
+    previous_response_id: None
+    reasoning: None
+    truncation: Literal["auto", "disabled"]
+    user: str | None = None
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    root: str
+    max_model_len: int | None
+    prompt_format: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class VersionInfo(BaseModel):
+    version: str
+    engine: str
+    engine_version: str
+
+
+_ERROR = {"model": ErrorResponse}
+# Every /v1 route can answer these (auth, body limit, validation, overload, unavailability).
+API_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {**_ERROR, "description": "Invalid request"},
+    401: {**_ERROR, "description": "Missing or wrong API key"},
+    404: {**_ERROR, "description": "Unknown model"},
+    413: {**_ERROR, "description": "Body too large"},
+    429: {**_ERROR, "description": "Server at capacity"},
+    500: {**_ERROR, "description": "Unexpected server fault"},
+    503: {**_ERROR, "description": "Loading, draining, or engine stopped"},
+    504: {**_ERROR, "description": "Request timed out"},
+}
+
+CHUNK_STREAM = "SSE: `data: <chunk JSON>` events, then `data: [DONE]`; `: keep-alive` comments between."
+# The Responses API's stream (server/api/responses_encoder.py has the order).
+RESPONSE_EVENT_STREAM = (
+    "SSE: typed events, `event: <type>` then `data: <event JSON>` with its `sequence_number`: "
+    "response.created, response.in_progress, response.output_item.added, response.content_part.added, "
+    "response.output_text.delta..., response.output_text.done, response.content_part.done, "
+    "response.output_item.done, response.completed (or response.incomplete); an `error` event on a "
+    "failure; no [DONE]; `: keep-alive` comments between."
+)
+
+
+def event_stream(description: str) -> dict[str, Any]:
+    """One server-sent event: `data` holds its JSON (or `[DONE]`), `event` its type if typed."""
+    return {
+        "text/event-stream": {
+            "schema": {
+                "type": "object",
+                "description": description,
+                "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                "required": ["data"],
+            }
+        }
+    }
+
+
+def generation_responses(model: type[BaseModel], stream: str = CHUNK_STREAM) -> dict[int | str, dict[str, Any]]:
+    """A JSON body, or an SSE stream when the request sets `stream: true`."""
+    return {
+        200: {"model": model, "content": event_stream(stream), "description": "JSON, or SSE when streaming"},
+        499: {"description": "The client went away before the answer (nothing is sent)"},
+        **API_ERRORS,
+    }

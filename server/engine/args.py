@@ -1,0 +1,66 @@
+"""vLLM's engine arguments and the environment its processes read, built in one place.
+
+The server (`Engine.start`) and the benchmark's in-process contestant (`bench/direct.py`) both
+build their engine from `engine_args`, so what is measured is what is served. The environment
+is written once, at start-up, before any engine process exists (`apply_engine_environment`):
+vLLM's engine core and workers inherit it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from server.settings import Settings
+
+# KV cache on CPU hosts when no size is given: SmolLM2 holds about 180k tokens in it. Without a
+# size, vLLM's CPU backend reserves --gpu-memory-utilization (90%) of all RAM and refuses to
+# start when that much is not free: a laptop with a browser open fails.
+DEFAULT_CPU_KV_CACHE_GIB = 4
+
+
+def engine_environment(settings: Settings) -> dict[str, str]:
+    """What the engine's processes must see: variables the settings decide."""
+    environment = {}
+    if settings.cpu_kv_cache_gib is not None:
+        # Read only by vLLM's CPU platform; harmless on a GPU host.
+        environment["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu_kv_cache_gib)
+    return environment
+
+
+def engine_environment_defaults() -> dict[str, str]:
+    """Variables set only where the operator's environment says nothing."""
+    return {
+        # Nothing this server runs may reach a model hub (transformers, vLLM, the converter).
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": str(DEFAULT_CPU_KV_CACHE_GIB),
+    }
+
+
+def apply_engine_environment(settings: Settings) -> None:
+    """Write the engine's environment; called once at start-up, before the engine starts."""
+    for name, value in engine_environment_defaults().items():
+        os.environ.setdefault(name, value)
+    os.environ.update(engine_environment(settings))
+
+
+def engine_args(settings: Settings, model_dir: Path, served_name: str) -> Any:
+    """vLLM's `AsyncEngineArgs` for `model_dir` under `settings`."""
+    # Deferred: `--help` and settings errors answer without importing vLLM.
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return AsyncEngineArgs(
+        model=str(model_dir),
+        tokenizer=str(settings.tokenizer) if settings.tokenizer else None,
+        served_model_name=served_name,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        dtype=settings.dtype,
+        max_model_len=settings.max_model_len,
+        enforce_eager=settings.enforce_eager,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_num_seqs=settings.max_num_seqs,
+        # vLLM's own Prometheus series (vllm:*) come from its stat loggers.
+        disable_log_stats=False,
+        trust_remote_code=False,
+    )

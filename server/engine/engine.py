@@ -1,0 +1,143 @@
+"""The vLLM engine as the server sees it: start, tokenize, generate, abort, health, shut down.
+
+vLLM's `AsyncLLM` runs in this process; its engine core (scheduler, model, KV cache) runs in a
+child process that vLLM spawns. Only `server/engine/` and the model plugin (`server/models/`)
+import vLLM, so the vLLM API surface the server depends on is written down in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from server.engine.args import engine_args
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the HTTP layer needs to know about the loaded model."""
+
+    served_name: str
+    max_model_len: int
+    vocab_size: int
+    bos_token_id: int | None
+    # Sampling defaults from the checkpoint's generation_config.json (temperature, top_p, ...).
+    sampling_defaults: dict[str, Any]
+
+
+class EngineDead(RuntimeError):
+    """The engine core process is gone; the server cannot generate any more."""
+
+
+class EngineRejected(ValueError):
+    """vLLM refused the request itself (a client mistake its own checks caught): a 400."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def as_rejection(error: Exception) -> EngineRejected:
+    """vLLM's request-validation errors, in the words the client should see."""
+    message = str(error.args[0]) if error.args else str(error)
+    return EngineRejected(message, getattr(error, "parameter", None))
+
+
+def client_error_types() -> tuple[type[Exception], ...]:
+    # vLLM splits its errors into client (4xx) and server (5xx) kinds; like vLLM's own
+    # server, a ValueError from its request checks is the client's mistake too.
+    from vllm.exceptions import VLLMClientError
+
+    return (VLLMClientError, ValueError)
+
+
+class Engine:
+    def __init__(self, llm: Any, info: ModelInfo, tokenizer: Any) -> None:
+        self._llm = llm
+        self.info = info
+        self._tokenizer = tokenizer
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, settings: Settings, model_dir: Path, served_name: str) -> "Engine":
+        """Build the engine (blocking: spawns the engine core and loads the weights)."""
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        started = time.monotonic()
+        logger.info("loading model %s (this takes a while for large checkpoints)", model_dir)
+        llm = AsyncLLM.from_engine_args(engine_args(settings, model_dir, served_name))
+        tokenizer = llm.get_tokenizer()
+        model_config = llm.model_config
+        info = ModelInfo(
+            served_name=served_name,
+            max_model_len=model_config.max_model_len,
+            vocab_size=model_config.get_vocab_size(),
+            bos_token_id=tokenizer.bos_token_id,
+            sampling_defaults=model_config.get_diff_sampling_param(),
+        )
+        logger.info(
+            "model loaded in %.1f s (max_model_len=%d)", time.monotonic() - started, info.max_model_len
+        )
+        return cls(llm, info, tokenizer)
+
+    def shutdown(self) -> None:
+        """Stop the engine core process and free its memory; safe to call twice."""
+        self._llm.shutdown()
+
+    # --- requests --------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        # The prompt formats render the whole prompt, BOS included when wanted: add nothing
+        # (`/tokenize` may ask for the tokenizer's own additions).
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        """The text of token ids, special tokens included (what `/detokenize` answers)."""
+        return self._tokenizer.decode(token_ids)
+
+    def token_strings(self, token_ids: list[int]) -> list[str]:
+        """The tokenizer's own string for each id (byte-level marks such as `Ġ` kept)."""
+        return self._tokenizer.convert_ids_to_tokens(token_ids)
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token as OpenAI's logprobs show it (bytes decoded, lossy at UTF-8 splits)."""
+        return self._tokenizer.decode([token_id])
+
+    def stream(self, token_ids: list[int], prompt_text: str | None, params: Any, request_id: str) -> AsyncIterator[Any]:
+        """vLLM's own stream of `RequestOutput`s for one request, unwrapped, so each output
+        costs the consumer one await; pass what it raises through `translate_error`.
+
+        An `abort` ends the stream with a last output whose finish reason is "abort" (vLLM's
+        output processor puts one in the request's queue), so a consumer waiting on it wakes.
+        """
+        from vllm.inputs.engine import tokens_input
+
+        return self._llm.generate(tokens_input(token_ids, prompt=prompt_text), params, request_id)
+
+    def translate_error(self, error: BaseException) -> Exception | None:
+        """The server's exception for one vLLM raised while generating, or None if not vLLM's."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if isinstance(error, EngineDeadError):
+            return EngineDead("the inference engine stopped")
+        if isinstance(error, client_error_types()):
+            return as_rejection(error)
+        return None
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    # --- state -----------------------------------------------------------------------------
+
+    @property
+    def dead(self) -> bool:
+        return bool(self._llm.errored)

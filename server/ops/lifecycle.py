@@ -1,0 +1,165 @@
+"""Start-up, readiness, drain and engine death: the server's life from first byte to exit.
+
+- Start-up: the HTTP server listens at once (liveness answers), while the model is prepared and
+  loaded in a worker thread; a warm-up generation must succeed before readiness turns 200.
+- Drain (SIGTERM/SIGINT, driven by `server.ops.runner`): `delist` turns readiness 503 at once
+  (requests are still served during `--shutdown-delay`); `begin_drain` then refuses new work and
+  starts the drain clock while uvicorn closes its listening socket and waits for in-flight
+  connections; requests still running at the deadline are interrupted (a stream gets a final
+  error event); the lifespan's end shuts the engine down; exit 0.
+- Engine death: vLLM marks the engine dead when its core process exits; liveness and readiness
+  read that flag and turn 503 at once. A watchdog sees it within a second, interrupts whatever
+  still waits on the engine with a clear error, gives the answers a moment to go out, kills
+  engine processes left running (a worker outlives a killed engine core), and asks the process
+  to exit non-zero so the orchestrator restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import psutil
+
+from server.engine import Engine
+from server.engine.processes import engine_processes, reap
+from server.engine.sampling import warmup_params
+from server.generation import EnginePrompt, run_generation
+from server.generation.loop import DRAIN, ENGINE_DEAD
+from server.ops.state import Phase, ServerState
+
+logger = logging.getLogger(__name__)
+
+WATCHDOG_INTERVAL_S = 0.5
+# After the engine died: time for in-flight requests' error answers to reach their clients.
+ENGINE_DEATH_GRACE_S = 2.0
+WARMUP_PROMPT = "Hello"
+WARMUP_TIMEOUT_S = 600
+
+
+def resolve_model_dir(state: ServerState) -> Path:
+    settings = state.settings
+    if settings.model is not None:
+        return settings.model
+    from server.engine.default_model import prepare_default_model
+
+    return prepare_default_model(settings.resolved_cache_dir())
+
+
+class Lifecycle:
+    """`engine_started` callbacks run in a thread once the engine is loaded, before the warm-up
+    (per-engine preparation such as the chat route's token cache)."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        request_exit: Callable[[int], None] | None = None,
+        engine_started: Sequence[Callable[[Engine], None]] = (),
+    ) -> None:
+        self.state = state
+        self.request_exit = request_exit or (lambda code: None)
+        self.engine_started = tuple(engine_started)
+        self._loader: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
+        self._engine_processes: list[psutil.Process] = []
+
+    def _die(self, message: str, error: BaseException | None = None) -> None:
+        logger.error(message, exc_info=error)
+        self.state.advance(Phase.DEAD)
+        self.request_exit(1)
+
+    # --- start-up ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin loading in the background and return at once, so HTTP can listen."""
+        self._loader = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        state = self.state
+        try:
+            model_dir = await asyncio.to_thread(resolve_model_dir, state)
+            engine = await asyncio.to_thread(Engine.start, state.settings, model_dir, state.served_name)
+            for prepare in self.engine_started:
+                await asyncio.to_thread(prepare, engine)
+        except Exception as error:  # noqa: BLE001 - a failed start must end the process
+            self._die(f"the model could not be loaded: {error}", error)
+            return
+        state.engine = engine
+        self._engine_processes = await asyncio.to_thread(engine_processes)
+        if not state.advance(Phase.WARMING):
+            return  # stopped while loading: the lifespan's end shuts the engine down
+        self._watchdog = asyncio.create_task(self._watch_engine())
+        if state.settings.warmup:
+            try:
+                await self._warm_up(engine)
+            except Exception as error:  # noqa: BLE001
+                if state.phase is Phase.WARMING:
+                    self._die(f"warm-up generation failed: {error}", error)
+                return  # otherwise stopped by the shutdown, not a broken engine
+        if state.advance(Phase.READY):
+            logger.info("ready: serving %s on the model at %s", state.served_name, model_dir)
+
+    async def _warm_up(self, engine: Engine) -> None:
+        started = time.monotonic()
+        token_ids = engine.tokenize(WARMUP_PROMPT) or [0]
+        prompt = EnginePrompt(token_ids, WARMUP_PROMPT, warmup_params())
+        deadline = time.monotonic() + WARMUP_TIMEOUT_S
+        async for _ in run_generation(engine, prompt, "warmup", deadline=deadline, interruptions=self.state.interruptions):
+            pass
+        logger.info("warm-up generation took %.2f s", time.monotonic() - started)
+
+    # --- engine death --------------------------------------------------------------------
+
+    async def _watch_engine(self) -> None:
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            engine = self.state.engine
+            if engine is not None and engine.dead:
+                logger.error("the inference engine died; exiting so the orchestrator restarts this server")
+                self.state.advance(Phase.DEAD)
+                # Requests still waiting on the engine stop now with the engine's error.
+                self.state.interruptions.interrupt_all(ENGINE_DEAD)
+                await asyncio.sleep(ENGINE_DEATH_GRACE_S)
+                await asyncio.to_thread(reap, self._engine_processes)
+                self.request_exit(1)
+                return
+
+    # --- drain and stop ------------------------------------------------------------------
+
+    def delist(self) -> None:
+        """Readiness 503 from now on; requests are still served (safe in a signal handler)."""
+        if not self.state.advance(Phase.DELISTING):
+            # Never ready: there is nothing to keep serving.
+            self.state.advance(Phase.DRAINING)
+
+    def begin_drain(self) -> None:
+        """Refuse new work and start the drain clock: what still runs at the deadline is stopped."""
+        state = self.state
+        if state.phase is Phase.DRAINING or not state.advance(Phase.DRAINING):
+            return
+        timeout = state.settings.drain_timeout
+        logger.info("draining: %.1f s for in-flight requests", timeout)
+        asyncio.get_running_loop().call_later(timeout, state.interruptions.interrupt_all, DRAIN)
+
+    async def stop(self) -> None:
+        """Shut the engine down (after uvicorn has finished with the connections)."""
+        state = self.state
+        state.advance(Phase.STOPPED)
+        state.interruptions.interrupt_all(DRAIN)
+        if self._loader is not None and not self._loader.done():
+            # A thread cannot be interrupted: wait for the load to finish, then shut it down.
+            with contextlib.suppress(Exception):
+                await self._loader
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        if state.engine is not None:
+            logger.info("shutting the engine down")
+            await asyncio.to_thread(state.engine.shutdown)
+        # vLLM's shutdown stops its processes; make sure, so the process exits with no child left.
+        await asyncio.to_thread(reap, self._engine_processes)

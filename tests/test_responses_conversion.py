@@ -1,0 +1,198 @@
+"""The Responses API in the chat route's words, and its event stream, without an engine.
+
+`ResponsesService.chat_request` is the one place Responses input becomes a chat request (the
+live tests in test_responses_api.py prove the rendering equals chat's); `ResponsesEncoder` is
+the route's wire format.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings, strategies as st
+from prometheus_client import CollectorRegistry
+
+from server.api.responses import ResponsesService, in_responses_terms
+from server.api.responses_encoder import ResponsesEncoder
+from server.api.responses_protocol import ResponsesRequest
+from server.errors import APIError, invalid_request
+from server.generation import GenerationInterrupted, Outcome
+from server.metrics import Metrics
+
+TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=64)
+
+
+def chat_request(**fields):
+    return ResponsesService(chat=None).chat_request(ResponsesRequest(model="m", **fields))
+
+
+def messages(**fields) -> list[dict]:
+    return [message.model_dump(exclude_none=True) for message in chat_request(**fields).messages]
+
+
+def test_instructions_are_the_system_message_and_a_string_input_the_user_message():
+    assert messages(instructions="Be brief.", input="Hi") == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]
+
+
+def test_input_and_output_text_parts_become_chat_text_parts():
+    converted = messages(
+        input=[
+            {"role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hello"}]},
+            {"role": "developer", "content": "late system text"},
+        ]
+    )
+    assert converted == [
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]},
+        {"role": "developer", "content": "late system text"},
+    ]
+
+
+def test_an_image_part_keeps_its_type_so_the_prompt_format_refuses_it():
+    converted = messages(input=[{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}])
+    assert converted[0]["content"][0]["type"] == "input_image"
+
+
+def test_fields_map_onto_the_chat_request():
+    request = chat_request(
+        input="Hi", max_output_tokens=7, temperature=0.3, top_p=0.5, stream=True, seed=3, ignore_eos=True,
+        text={"format": {"type": "json_schema", "name": "city", "schema": {"type": "object"}, "strict": True}},
+        documents=[{"text": "doc"}], plainformat=True,
+    )
+    assert (request.max_completion_tokens, request.temperature, request.top_p, request.stream) == (7, 0.3, 0.5, True)
+    assert (request.seed, request.ignore_eos, request.plainformat) == (3, True, True)
+    assert request.response_format.type == "json_schema"
+    assert request.response_format.schema_dict == {"type": "object"}
+    assert request.documents[0].text == "doc"
+
+
+def test_truncation_auto_is_the_fit_history_policy_unless_history_is_given():
+    assert chat_request(input="Hi").history == "error"
+    assert chat_request(input="Hi", truncation="auto").history == "fit"
+    assert chat_request(input="Hi", truncation="auto", history="last").history == "last"
+
+
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"store": True}, "store"),
+        ({"previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"conversation": "conv_1"}, "conversation"),
+        ({"background": True}, "background"),
+        ({"tools": [{"type": "function", "name": "f"}]}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input"),
+        ({"input": [{"content": "no role"}]}, "input"),
+    ],
+)
+def test_what_needs_state_or_tools_is_a_400_naming_the_field(fields, param):
+    with pytest.raises(APIError) as caught:
+        chat_request(**{"input": "Hi", **fields})
+    assert (caught.value.status, caught.value.param) == (400, param)
+
+
+def test_store_false_and_empty_tools_are_fine():
+    assert chat_request(input="Hi", store=False, tools=[], tool_choice="auto").messages
+
+
+def test_chat_params_are_renamed_in_errors():
+    assert in_responses_terms(invalid_request("x", param="messages")).param == "input"
+    assert in_responses_terms(invalid_request("x", param="messages.2.content")).param == "input"
+    assert in_responses_terms(invalid_request("x", param="max_completion_tokens")).param == "max_output_tokens"
+    assert in_responses_terms(invalid_request("x", param="response_format")).param == "text.format"
+    assert in_responses_terms(invalid_request("x", param="temperature")).param == "temperature"
+
+
+# --- the encoder ------------------------------------------------------------------------------
+
+
+def encoder(**request_fields) -> ResponsesEncoder:
+    outcome = Outcome(route="/test", request_id="rid", metrics=Metrics(CollectorRegistry()), deadline=0.0)
+    outcome.prompt_tokens, outcome.cached_tokens = 20, 16
+    echo = ResponsesService.echo(ResponsesRequest(model="m", input="Hi", **request_fields))
+    return ResponsesEncoder(request_id="rid", model="m\"odel", outcome=outcome, echo=echo)
+
+
+def events(frames: str) -> list[tuple[str, dict]]:
+    parsed = []
+    for block in frames.split("\n\n"):
+        lines = block.split("\n")
+        if lines[0].startswith("event: "):
+            assert lines[1].startswith("data: ") and len(lines) == 2
+            parsed.append((lines[0][len("event: "):], json.loads(lines[1][len("data: "):])))
+    return parsed
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=TEXT)
+def test_the_fast_delta_frame_equals_the_general_event(text):
+    fast, general = encoder(), encoder()
+    body = {**general._text_position(), "logprobs": [], "delta": text}
+    assert fast.content(0, text) == general.event("response.output_text.delta", body)
+
+
+def test_a_stream_is_the_typed_events_in_order_with_consecutive_sequence_numbers():
+    coder = encoder()
+    coder.outcome.completion_tokens = 3
+    finish = SimpleNamespace(finish_reason="stop")
+    frames = coder.open() + coder.content(0, "Par") + coder.choice(0, "is", finish, None) + coder.close()
+    assert frames.startswith(": keep-alive\n\n") and "[DONE]" not in frames
+    parsed = events(frames)
+    assert [kind for kind, _ in parsed] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
+        "response.content_part.done", "response.output_item.done", "response.completed",
+    ]
+    assert [body["sequence_number"] for _, body in parsed] == list(range(len(parsed)))
+    assert all(body["type"] == kind for kind, body in parsed)
+    final = parsed[-1][1]["response"]
+    assert final["status"] == "completed" and final["output"][0]["content"][0]["text"] == "Paris"
+    assert final["usage"] == {
+        "input_tokens": 20, "input_tokens_details": {"cached_tokens": 16, "cache_write_tokens": 0},
+        "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 23,
+    }
+
+
+def test_a_length_finish_is_incomplete_for_max_output_tokens():
+    coder = encoder()
+    frames = coder.open() + coder.choice(0, "Pa", SimpleNamespace(finish_reason="length"), None) + coder.close()
+    kind, body = events(frames)[-1]
+    assert kind == "response.incomplete"
+    assert body["response"]["status"] == "incomplete"
+    assert body["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert body["response"]["output"][0]["status"] == "incomplete"
+
+
+def test_a_failure_after_the_start_is_the_error_event():
+    coder = encoder()
+    opening = events(coder.open())
+    kind, body = events(coder.error(GenerationInterrupted("timeout", "The request timed out and was stopped.")))[0]
+    assert kind == "error"
+    assert body == {
+        "type": "error", "code": "timeout", "message": "The request timed out and was stopped.", "param": None,
+        "sequence_number": len(opening),
+    }
+
+
+def test_every_event_and_the_body_match_openai_schemas(openai_openapi_file):
+    from tests.support.openai_schema import RESPONSE_EVENT_SCHEMAS as EVENT_SCHEMAS, OpenAISchemas
+
+    schemas = OpenAISchemas(openai_openapi_file)
+    json_schema = {"type": "json_schema", "name": "city", "schema": {"type": "object"}, "strict": True}
+    settings = [{}, {"text": {"format": json_schema}, "instructions": "Be brief.", "max_output_tokens": 9,
+                     "metadata": {"k": "v"}, "user": "u", "truncation": "auto", "temperature": 0.5}]
+    for finish_reason, request_fields in (("stop", settings[0]), ("length", settings[1])):
+        coder = encoder(**request_fields)
+        frames = coder.open() + coder.content(0, "Par") + coder.choice(0, "is", SimpleNamespace(finish_reason=finish_reason), None)
+        for kind, body in events(frames + coder.close()):
+            schemas.assert_valid(EVENT_SCHEMAS[kind], body)
+        body_coder = encoder(**request_fields)
+        schemas.assert_valid("Response", body_coder.body([SimpleNamespace(text="Paris", completion=SimpleNamespace(finish_reason=finish_reason))]))
+    kind, body = events(encoder().error(GenerationInterrupted("drain", "The server is shutting down.")))[0]
+    schemas.assert_valid("ResponseErrorEvent", body)

@@ -1,0 +1,82 @@
+"""The house rules of server/ that a grep can check: where vLLM is imported, where the process
+environment is written, that sse-starlette is used through its public API only, and that
+routes hold no `assert`."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.support.server import REPO_ROOT
+
+SERVER = REPO_ROOT / "server"
+VLLM_PACKAGES = ("server/engine/", "server/models/")
+
+
+def _modules() -> list[tuple[str, ast.Module]]:
+    return [
+        (path.relative_to(REPO_ROOT).as_posix(), ast.parse(path.read_text(), filename=str(path)))
+        for path in sorted(SERVER.rglob("*.py"))
+    ]
+
+
+def _imported_modules(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_only_the_engine_package_and_the_model_plugin_import_vllm():
+    offenders = {
+        path: sorted(name for name in _imported_modules(tree) if name.split(".")[0] == "vllm")
+        for path, tree in _modules()
+        if not path.startswith(VLLM_PACKAGES)
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}
+    # The check sees imports at all: the engine package does import vLLM.
+    engine = dict(_modules())["server/engine/engine.py"]
+    assert any(name.startswith("vllm") for name in _imported_modules(engine))
+
+
+def _writes_environment(tree: ast.Module) -> list[int]:
+    lines = []
+    for node in ast.walk(tree):
+        # os.environ[...] = ..., os.environ.setdefault/update/pop(...), os.putenv(...)
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Subscript) and ast.unparse(target.value).endswith("environ"):
+                    lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = ast.unparse(node.func.value)
+            if (owner.endswith("environ") and node.func.attr in {"setdefault", "update", "pop", "__setitem__"}) or (
+                owner == "os" and node.func.attr in {"putenv", "unsetenv"}
+            ):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_the_process_environment_is_written_in_one_place_only():
+    writers = {path: lines for path, tree in _modules() if (lines := _writes_environment(tree))}
+    assert set(writers) == {"server/engine/args.py"}, writers
+
+
+def test_sse_starlette_is_used_through_its_public_api_only():
+    for path, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                owner = ast.unparse(node.value)
+                assert owner not in {"super()", "EventSourceResponse"}, f"{path}:{node.lineno} uses {owner}.{node.attr}"
+        for name in _imported_modules(tree):
+            if name.startswith("sse_starlette"):
+                assert name in {"sse_starlette", "sse_starlette.sse"}, f"{path} imports {name}"
+
+
+def test_routes_hold_no_assert():
+    for path, tree in _modules():
+        if path.startswith("server/api/"):
+            asserts = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]
+            assert asserts == [], f"{path}: assert at lines {asserts}"
