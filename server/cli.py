@@ -2,6 +2,7 @@
 
     airoboros-server serve [--model DIR] [--port 8000] ...   start the server
     airoboros-server prepare-default-model                   convert the embedded model now
+    airoboros-server plan --gpu h100-sxm --tensor-parallel-size 2   will MPT fit these GPUs?
 
 Every `serve` flag is a field of `server.settings.Settings`, so each also has an
 `AIROBOROS_<NAME>` environment variable; a flag given on the command line wins.
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare-default-model", help="convert the embedded default model (SmolLM2-135M) now"
     )
     prepare.add_argument("--cache-dir", default=argparse.SUPPRESS, help="where to convert it to")
+    # Its own parser (server.gpu.plan): listed here for --help, dispatched before this parser runs.
+    commands.add_parser("plan", add_help=False, help="size MPT for given GPUs (plan --help)")
     return parser
 
 
@@ -89,6 +92,11 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plan"]:  # no serve settings: plan reads none of them
+        from server.gpu.plan import main as plan_main
+
+        return plan_main(argv[1:])
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

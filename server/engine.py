@@ -91,6 +91,10 @@ class Engine:
                 os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu_kv_cache_gib)
             else:
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(DEFAULT_CPU_KV_CACHE_GIB))
+        from server.gpu.attention import attention_engine_arguments
+        from server.gpu.plan import check_at_start
+
+        check_at_start(settings, model_dir)  # GPU hosts: refuse what cannot fit, saying why
         engine_args = AsyncEngineArgs(
             model=str(model_dir),
             tokenizer=str(settings.tokenizer) if settings.tokenizer else None,
@@ -104,6 +108,8 @@ class Engine:
             # vLLM's own Prometheus series (vllm:*) come from its stat loggers.
             disable_log_stats=False,
             trust_remote_code=False,
+            # MPT's ALiBi needs a backend that applies it (server/gpu/attention.py).
+            **attention_engine_arguments(settings.attention_backend, model_dir, settings.dtype),
         )
         started = time.monotonic()
         logger.info("loading model %s (this takes a while for large checkpoints)", model_dir)
