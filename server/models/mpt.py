@@ -10,10 +10,8 @@ shards are gathered first). Biases exist only when `no_bias` is false; `lm_head`
 the config unties it. Weight names are the checkpoint's: `transformer.wte`,
 `transformer.blocks.N.{norm_1, attn.Wqkv, attn.q_ln, attn.k_ln, attn.out_proj, norm_2,
 ffn.up_proj, ffn.act.scales (AutoAWQ), ffn.down_proj}`, `transformer.norm_f`.
-
-Quantized checkpoints (AWQ, GPTQ, fp8) load through vLLM's quantized linear layers; the model
-carries `quant_config` for the loader. Attention backends that would drop ALiBi are refused at
-load (`server.gpu.attention.refuse_alibi_unsafe_layer`).
+Quantized checkpoints load through vLLM's quantized layers (the model carries `quant_config`);
+backends that would drop ALiBi are refused at load (`server.gpu.attention`).
 """
 
 from __future__ import annotations
@@ -152,13 +150,8 @@ class MptAttention(nn.Module):
 
 
 class ScaledGelu(nn.Module):
-    """AutoAWQ's MPT activation: gelu(x) / scales, one scale per FFN channel.
-
-    AWQ multiplies each input channel of `down_proj` by a scale before quantizing it; for MPT,
-    whose GELU sits between the two projections, AutoAWQ divides the GELU's output by the same
-    scales and saves them as `ffn.act.scales`. Each tensor-parallel rank holds the channels of
-    its `up_proj` shard, so it loads the matching slice of the scales.
-    """
+    """AutoAWQ's MPT activation, gelu(x) / scales (`ffn.act.scales`): AWQ scaled `down_proj`'s
+    input channels up before quantizing. Each rank loads the slice of its `up_proj` shard."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -278,8 +271,8 @@ class MptForCausalLM(nn.Module, SupportsPP):
         super().__init__()
         spec = MptSpec.from_config(vllm_config.model_config.hf_config)
         self.spec = spec
-        # The weight loader reads it here: a quantized checkpoint's extra tensors (GPTQ's g_idx,
-        # ...) are expected, not unknown.
+        # Read by the weight loader: a quantized checkpoint's extra tensors (GPTQ's g_idx) are
+        # expected, not unknown.
         self.quant_config = vllm_config.quant_config
         self.transformer = MptModel(
             vllm_config=vllm_config, prefix=maybe_prefix(prefix, "transformer")

@@ -153,13 +153,12 @@ def init_one_rank() -> None:
     initialize_model_parallel(1, 1)
 
 
-def batches(block_size: int) -> dict[str, tuple[list[int], list[int], bool]]:
-    """name → (query lengths, sequence lengths, built for CUDA-graph capture)."""
-    return {
-        "prefill": ([37, 9], [37, 60], False),
-        "decode": ([1, 1, 1], [70, 33, 129], False),
-        "full_cudagraph_decode": ([1] * CAPTURE_TOKENS, [5 + 7 * i for i in range(CAPTURE_TOKENS)], True),
-    }
+# name → (query lengths, sequence lengths, built as for CUDA-graph capture)
+BATCHES = {
+    "prefill": ([37, 9], [37, 60], False),  # a whole prompt, and a chunk after earlier context
+    "decode": ([1, 1, 1], [70, 33, 129], False),
+    "full_cudagraph_decode": ([1] * CAPTURE_TOKENS, [5 + 7 * i for i in range(CAPTURE_TOKENS)], True),
+}
 
 
 def common_metadata(query_lens: list[int], seq_lens: list[int], block_size: int):
@@ -230,7 +229,7 @@ def replay(case: dict[str, Any], recorder: Recorder) -> dict[str, Any]:
         builder = backend.get_builder_cls()(spec, [layer.layer_name], config, torch.device("cpu"))
         result["aot_schedule"] = getattr(builder, "aot_schedule", None)
         result["batches"] = {}
-        for name, (query_lens, seq_lens, capture) in batches(spec.block_size).items():
+        for name, (query_lens, seq_lens, capture) in BATCHES.items():
             result["batches"][name] = run_batch(layer, builder, spec, query_lens, seq_lens, capture, recorder)
     return result
 
