@@ -3,6 +3,7 @@
     airoboros-server serve [--model DIR] [--port 8000] ...   start the server
     airoboros-server prepare-default-model                   convert the embedded model now
     airoboros-server merge BASE ADAPTER OUT [--dtype ...]    merge a LoRA adapter into MPT
+    airoboros-server plan --gpu h100-sxm --tensor-parallel-size 2   will MPT fit these GPUs?
     airoboros-server chat [--url URL] [--model NAME] ...     chat with a running server
 
 Every `serve` flag is a field of `server.settings.Settings`, so each also has an
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "merge", help="merge a peft LoRA adapter into an MPT base checkpoint, shard by shard"
     )
     add_merge_arguments(merge)
+    # Its own parser (server.gpu.plan): listed here for --help, dispatched before this parser runs.
+    commands.add_parser("plan", add_help=False, help="size MPT for given GPUs (plan --help)")
     chat = commands.add_parser("chat", help="chat with a running server in this terminal")
     add_chat_arguments(chat)
     return parser
@@ -98,6 +101,11 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plan"]:  # no serve settings: plan reads none of them
+        from server.gpu.plan import main as plan_main
+
+        return plan_main(argv[1:])
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     if command == "merge":  # an offline tool: none of the serve settings apply

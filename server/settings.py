@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         None, ge=1, description="KV cache GiB on CPU hosts (VLLM_CPU_KVCACHE_SPACE; whole GiB; default 4)."
     )
     max_num_seqs: int | None = Field(None, ge=1, description="Sequences the engine batches at once.")
+    attention_backend: str = Field(
+        "auto",
+        description="vLLM attention backend: auto (the server's ALiBi-safe choice per GPU), "
+        "TRITON_ATTN, FLASH_ATTN (pinned to FlashAttention 2 for ALiBi) or CPU_ATTN.",
+    )
     prompt_format: str = Field("airoboros", description="Prompt format of the chat route.")
     add_bos: bool = Field(False, description="Start every chat prompt with the BOS token.")
     cache_dir: Path = Field(
@@ -114,6 +119,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _known_attention_backend(cls, value: str) -> str:
+        from server.gpu.attention import normalise_backend_setting
+
+        return normalise_backend_setting(value)
 
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir.expanduser()

@@ -50,6 +50,9 @@ def engine_args(settings: Settings, model_dir: Path, served_name: str) -> Any:
     # Deferred: `--help` and settings errors answer without importing vLLM.
     from vllm.engine.arg_utils import AsyncEngineArgs
 
+    from server.engine.platform import current_target
+    from server.gpu.attention import attention_engine_arguments
+
     return AsyncEngineArgs(
         model=str(model_dir),
         tokenizer=str(settings.tokenizer) if settings.tokenizer else None,
@@ -63,4 +66,6 @@ def engine_args(settings: Settings, model_dir: Path, served_name: str) -> Any:
         # vLLM's own Prometheus series (vllm:*) come from its stat loggers.
         disable_log_stats=False,
         trust_remote_code=False,
+        # MPT's ALiBi needs a backend that applies it (server/gpu/attention.py).
+        **attention_engine_arguments(settings.attention_backend, model_dir, settings.dtype, current_target()),
     )

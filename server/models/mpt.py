@@ -9,7 +9,9 @@ q and k (`qk_ln`, MosaicML's semantics: one norm over all heads, so under tensor
 shards are gathered first). Biases exist only when `no_bias` is false; `lm_head` is `wte` unless
 the config unties it. Weight names are the checkpoint's: `transformer.wte`,
 `transformer.blocks.N.{norm_1, attn.Wqkv, attn.q_ln, attn.k_ln, attn.out_proj, norm_2,
-ffn.up_proj, ffn.down_proj}`, `transformer.norm_f`.
+ffn.up_proj, ffn.act.scales (AutoAWQ), ffn.down_proj}`, `transformer.norm_f`.
+Quantized checkpoints load through vLLM's quantized layers (the model carries `quant_config`);
+backends that would drop ALiBi are refused at load (`server.gpu.attention`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
     VocabParallelEmbedding,
 )
 from vllm.model_executor.models.interfaces import SupportsPP
+from vllm.model_executor.model_loader.weight_utils import sharded_weight_loader
 from vllm.model_executor.models.utils import (
     AutoWeightsLoader,
     PPMissingLayer,
@@ -50,9 +53,14 @@ from vllm.model_executor.models.utils import (
     make_layers,
     maybe_prefix,
 )
+from vllm.model_executor.utils import set_weight_attrs
 from vllm.sequence import IntermediateTensors
 
+from server.models.attention_guard import refuse_alibi_unsafe_layer
 from server.models.mpt_config import MptSpec, alibi_slopes
+
+# vLLM's names for AutoAWQ checkpoints, which carry the GELU's input scales (`ffn.act.scales`).
+AUTO_AWQ_METHODS = ("auto_awq", "awq", "awq_marlin")
 
 
 class MptAttention(nn.Module):
@@ -105,6 +113,7 @@ class MptAttention(nn.Module):
             quant_config=quant_config,
             prefix=f"{prefix}.attn",
         )
+        refuse_alibi_unsafe_layer(self.attn)  # no backend may drop the positions silently
         self.out_proj = RowParallelLinear(
             spec.d_model,
             spec.d_model,
@@ -140,6 +149,21 @@ class MptAttention(nn.Module):
         return output
 
 
+class ScaledGelu(nn.Module):
+    """AutoAWQ's MPT activation, gelu(x) / scales (`ffn.act.scales`): AWQ scaled `down_proj`'s
+    input channels up before quantizing. Each rank loads the slice of its `up_proj` shard."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gelu = get_act_fn("gelu")
+        shard = channels // get_tensor_model_parallel_world_size()
+        self.scales = nn.Parameter(torch.empty(shard, dtype=torch.get_default_dtype()), requires_grad=False)
+        set_weight_attrs(self.scales, {"weight_loader": sharded_weight_loader(0)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gelu(x) / self.scales
+
+
 class MptMLP(nn.Module):
     def __init__(self, spec: MptSpec, quant_config: QuantizationConfig | None, prefix: str):
         super().__init__()
@@ -150,7 +174,10 @@ class MptMLP(nn.Module):
             quant_config=quant_config,
             prefix=f"{prefix}.up_proj",
         )
-        self.act = get_act_fn("gelu")  # exact (erf) GELU, as MPT's nn.GELU(approximate="none")
+        if quant_config is not None and quant_config.get_name() in AUTO_AWQ_METHODS:
+            self.act = ScaledGelu(spec.ffn_hidden_size)
+        else:
+            self.act = get_act_fn("gelu")  # exact (erf) GELU, as MPT's nn.GELU(approximate="none")
         self.down_proj = RowParallelLinear(
             spec.ffn_hidden_size,
             spec.d_model,
@@ -244,6 +271,9 @@ class MptForCausalLM(nn.Module, SupportsPP):
         super().__init__()
         spec = MptSpec.from_config(vllm_config.model_config.hf_config)
         self.spec = spec
+        # Read by the weight loader: a quantized checkpoint's extra tensors (GPTQ's g_idx) are
+        # expected, not unknown.
+        self.quant_config = vllm_config.quant_config
         self.transformer = MptModel(
             vllm_config=vllm_config, prefix=maybe_prefix(prefix, "transformer")
         )

@@ -85,6 +85,12 @@ class Lifecycle:
             engine = await asyncio.to_thread(Engine.start, state.settings, model_dir, state.served_name)
             for prepare in self.engine_started:
                 await asyncio.to_thread(prepare, engine)
+        except ValueError as error:
+            # A configuration the checks refused (an attention backend, a GPU plan, vLLM's own
+            # config checks): the operator's to fix, said in one line (details at debug level).
+            logger.debug("start-up refused", exc_info=error)
+            self._die(f"the model could not be loaded: {error}")
+            return
         except Exception as error:  # noqa: BLE001 - a failed start must end the process
             self._die(f"the model could not be loaded: {error}", error)
             return

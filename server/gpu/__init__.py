@@ -1,0 +1,11 @@
+"""Everything the server knows about NVIDIA GPUs, kept apart from the CPU path.
+
+- `catalog`: common GPUs with their memory, bandwidth and compute capability;
+- `attention`: the attention backend that computes MPT's ALiBi right on each GPU, as vLLM engine
+  arguments, the check of a user's `--attention-backend`, and the model's load-time refusal;
+- `sizing` and `plan`: weights, KV cache, sequences and the decode bound for a set-up, and the
+  `airoboros-server plan` command (also run at start on GPU hosts);
+- `check`: the acceptance script users run on a CUDA host (`make gpu-check`).
+
+Nothing here imports vLLM or torch at module level: `plan` and the settings answer without them.
+"""

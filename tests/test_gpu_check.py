@@ -1,0 +1,35 @@
+"""`make gpu-check`'s script runs here in its CPU mode, so it cannot rot between GPU runs.
+
+`python -m server.gpu.check --device cpu` writes a tiny MPT with MPT-30B's head size (112), serves
+it with the real server on vLLM's CPU build, and compares teacher-forced log-probs and greedy
+tokens with transformers; the report must say it passed, with float32's agreement.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.server import REPO_ROOT
+
+
+@pytest.mark.engine
+def test_gpu_check_cpu_mode_serves_a_tiny_mpt_and_matches_transformers(tmp_path, neox_tokenizer_file):
+    out = tmp_path / "report"
+    run = subprocess.run(
+        [sys.executable, "-m", "server.gpu.check", "--device", "cpu", "--out", str(out),
+         "--tokenizer", str(neox_tokenizer_file)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] and report["device"] == "cpu"
+    (case,) = report["tiny"]
+    assert case["head_size"] == 112 and case["dtype"] == "float32"
+    assert case["max_logprob_difference"] <= 1e-3
+    assert case["greedy_tokens_agreeing"] == "48/48"
+    assert "| head112 | 112 | 1 | float32 |" in (out / "report.md").read_text()
+    assert not list(out.glob(".report*"))  # no half-written files left
