@@ -15,7 +15,10 @@ control and the ASGI cycle stay uvicorn's):
 - a request head larger than `--max-header-bytes` gets 431: httptools has no limit and keeps
   a header's name and value in memory until they end (h11's `h11_max_incomplete_event_size`
   is a limit of the h11 parser only).
-Every answer here closes the connection: after a broken request the stream is out of step.
+Every answer here closes the connection (after a broken request the stream is out of step), the
+way nginx's lingering close does: the answer, then the end of our side of the stream, then
+`LINGER_S` more of reading and discarding before the socket closes. Closed at once, a socket with
+the client's bytes still arriving is reset, and the reset destroys the answer unread.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from server.errors import error_body
 
 logger = logging.getLogger(__name__)
+
+LINGER_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._lingering = False
 
     # --- the head: from the connection (or a request's first byte) to its last header ------
 
@@ -92,6 +98,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # Bytes of a head that was under way before this chunk and still is after it are all
         # head (a head that began inside the chunk is counted from the next: a bound within
         # one read of the limit, never a false one).
+        if self._lingering:
+            return  # answered and closing: what still arrives is read and dropped
         counting = self._reading_head
         super().data_received(data)
         if counting and self._reading_head and not self.transport.is_closing():
@@ -137,11 +145,17 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._cancel(self._body_timer)
         self._reading_head = False
         if self.cycle is not None and not self.cycle.response_complete:
-            # The request reads a disconnect; whatever it still sends is dropped (uvicorn's
+            # The request reads a disconnect now; whatever it still sends is dropped (uvicorn's
             # cycle checks this flag before writing).
             self.cycle.disconnected = True
+            self.cycle.message_event.set()
         self.transport.write(http_response(status, message, code))
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self._lingering = True
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel(self._head_timer)

@@ -6,12 +6,14 @@
   (requests are still served during `--shutdown-delay`); `begin_drain` then refuses new work and
   starts the drain clock while uvicorn closes its listening socket and waits for in-flight
   connections; requests still running at the deadline are interrupted (a stream gets a final
-  error event); the lifespan's end shuts the engine down; exit 0.
+  error event); the lifespan's end shuts the engine down; exit 0. The engine's processes take
+  no part in the signal, whoever sent it (its process group, its cgroup): they hold it until
+  the lifespan's end lets them stop (`server.engine.processes`), then vLLM's shutdown runs.
 - Engine death: vLLM marks the engine dead when its core process exits; liveness and readiness
   read that flag and turn 503 at once. A watchdog sees it within a second, interrupts whatever
   still waits on the engine with a clear error, gives the answers a moment to go out, kills
-  engine processes left running (a worker outlives a killed engine core), and asks the process
-  to exit non-zero so the orchestrator restarts it.
+  engine processes left running (a backstop: a worker already dies with its engine core), and
+  asks the process to exit non-zero so the orchestrator restarts it.
 """
 
 from __future__ import annotations
