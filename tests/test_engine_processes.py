@@ -10,12 +10,14 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
 import pytest
 
-from server.engine.processes import allow_stop, is_shielded_engine_process, unshielded
+from server.engine.processes import allow_stop, is_shielded_engine_process, unprepared
 from tests.support.engine_process import server_with_engine_core, spawn_engine_core
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
@@ -25,7 +27,7 @@ def test_an_engine_process_is_born_holding_the_stop_signals_and_stops_only_when_
     engine, _ = spawn_engine_core()
     handle = psutil.Process(engine.pid)
     try:
-        assert unshielded([handle]) == []
+        assert unprepared([handle]) == []
         # What a terminal's Ctrl-C, dumb-init or systemd's control-group kill deliver to it.
         os.kill(engine.pid, signal.SIGTERM)
         os.kill(engine.pid, signal.SIGINT)
@@ -35,7 +37,7 @@ def test_an_engine_process_is_born_holding_the_stop_signals_and_stops_only_when_
         # The pending SIGTERM (the group's) was dropped: still running.
         engine.join(timeout=1.0)
         assert engine.exitcode is None, "the pending group SIGTERM acted once the stop was allowed"
-        assert unshielded([handle]) == [handle]
+        assert unprepared([handle]) == [handle]  # SIGTERM no longer blocked
         os.kill(engine.pid, signal.SIGTERM)  # vLLM's shutdown
         engine.join(timeout=30)
         # Its handler ran (SystemExit), then the process ended past the interpreter's teardown
@@ -72,3 +74,19 @@ def test_outside_an_engine_process_the_hook_does_nothing():
     # This (test) process is neither named as vLLM names its processes nor born shielded.
     assert not is_shielded_engine_process()
     assert signal.getsignal(signal.SIGUSR2) in (signal.SIG_DFL, None)
+
+
+def test_the_server_never_sends_its_stop_permission_to_a_process_without_the_hook():
+    # SIGUSR2 would terminate a process that does not handle it (a forked child, where the
+    # plugin's entry point never runs): allow_stop leaves such a process alone.
+    plain = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.5)
+        handle = psutil.Process(plain.pid)
+        assert unprepared([handle]) == [handle]
+        allow_stop([handle], timeout=1.0)
+        time.sleep(0.5)
+        assert plain.poll() is None, f"ended with {plain.returncode}"
+    finally:
+        plain.kill()
+        plain.wait(timeout=10)

@@ -108,34 +108,44 @@ def engine_processes() -> list[psutil.Process]:
     return processes
 
 
-def _blocks_sigterm(pid: int, thread: int | None = None) -> bool | None:
-    """Whether the process (or one of its threads) blocks SIGTERM; None when it cannot be read
-    (gone, or not Linux)."""
+def _signal_set(pid: int, field: str, thread: int | None = None) -> int | None:
+    """A signal bit set from /proc (SigBlk: blocked, SigCgt: caught) of a process or one of its
+    threads; None when it cannot be read (gone, or not Linux)."""
     path = f"/proc/{pid}/task/{thread}/status" if thread else f"/proc/{pid}/status"
     try:
-        status = Path(path).read_text()
-        blocked = int(status.split("SigBlk:")[1].split()[0], 16)
+        return int(Path(path).read_text().split(f"{field}:")[1].split()[0], 16)
     except (OSError, ValueError, IndexError):
         return None
-    return bool(blocked & (1 << (signal.SIGTERM - 1)))
 
 
-def unshielded(processes: list[psutil.Process]) -> list[psutil.Process]:
-    """Engine processes that do not block SIGTERM (so a group's stop signal would stop them)."""
-    return [process for process in processes if _blocks_sigterm(process.pid) is False]
+def _has(bits: int | None, sig: signal.Signals) -> bool | None:
+    return None if bits is None else bool(bits & (1 << (sig - 1)))
+
+
+def unprepared(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Engine processes a stop signal meant for the server would reach (SIGTERM not blocked), or
+    that the server could not let stop (no SIGUSR2 handler: the hook did not run there)."""
+    return [
+        process for process in processes
+        if _has(_signal_set(process.pid, "SigBlk"), signal.SIGTERM) is False
+        or _has(_signal_set(process.pid, "SigCgt"), ALLOW_STOP_SIGNAL) is False
+    ]
 
 
 def allow_stop(processes: list[psutil.Process], timeout: float = 5.0) -> None:
     """Let the engine's processes act on SIGTERM again, and wait until each has (its main thread
     unblocked SIGTERM), so that vLLM's SIGTERM, sent next, finds them ready for it."""
+    waiting = []
     for process in processes:
-        with contextlib.suppress(psutil.Error):
-            # psutil checks the pid still names the process it was (no pid reuse).
-            process.send_signal(ALLOW_STOP_SIGNAL)
+        # Only to a process that handles it: SIGUSR2's default action is to terminate.
+        if _has(_signal_set(process.pid, "SigCgt"), ALLOW_STOP_SIGNAL):
+            with contextlib.suppress(psutil.Error):
+                # psutil checks the pid still names the process it was (no pid reuse).
+                process.send_signal(ALLOW_STOP_SIGNAL)
+                waiting.append(process)
     deadline = time.monotonic() + timeout
-    waiting = list(processes)
     while waiting and time.monotonic() < deadline:
-        waiting = [p for p in waiting if _blocks_sigterm(p.pid, thread=p.pid) and _alive(p)]
+        waiting = [p for p in waiting if _has(_signal_set(p.pid, "SigBlk", thread=p.pid), signal.SIGTERM) and _alive(p)]
         if waiting:
             time.sleep(0.01)
     for process in waiting:

@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 
 from server.engine import Engine
-from server.engine.processes import allow_stop, engine_processes, reap, start_shielded, unshielded
+from server.engine.processes import allow_stop, engine_processes, reap, start_shielded, unprepared
 from server.engine.sampling import warmup_params
 from server.generation import EnginePrompt, run_generation
 from server.generation.loop import DRAIN, ENGINE_DEAD
@@ -88,10 +88,10 @@ class Lifecycle:
             return
         state.engine = engine
         self._engine_processes = await asyncio.to_thread(engine_processes)
-        for process in unshielded(self._engine_processes):
+        for process in unprepared(self._engine_processes):
             logger.warning(
-                "engine process %d does not block SIGTERM: a stop signal sent to the whole process "
-                "group or cgroup will stop it before the drain (send it to the server alone)", process.pid
+                "engine process %d is not shielded: a stop signal sent to the whole process group or "
+                "cgroup may stop it before the drain (send it to the server alone)", process.pid
             )
         if not state.advance(Phase.WARMING):
             return  # stopped while loading: the lifespan's end shuts the engine down
