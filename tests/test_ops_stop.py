@@ -113,6 +113,7 @@ def _check_quiet_stop(server: RunningServer, children: list[psutil.Process]) -> 
     stop_log = _after(log, "exit signal") if "exit signal" in log else _after(log, "draining")
     assert not [word for word in NOISE if word in stop_log], stop_log[-4000:]
     engine_stop = _log_time(log, "stopped (exit code") - _log_time(log, "shutting the engine down")
+    print(f"engine shut down and reaped in {engine_stop:.2f} s (server's clock)")
     assert engine_stop < ENGINE_GONE_S, f"engine stop took {engine_stop:.1f} s:\n{stop_log[-3000:]}"
     # The server reaped its engine processes before it exited; the resource tracker follows.
     engine = [p for p in children if "resource_tracker" not in " ".join(_cmdline(p))]
