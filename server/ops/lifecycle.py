@@ -6,12 +6,14 @@
   (requests are still served during `--shutdown-delay`); `begin_drain` then refuses new work and
   starts the drain clock while uvicorn closes its listening socket and waits for in-flight
   connections; requests still running at the deadline are interrupted (a stream gets a final
-  error event); the lifespan's end shuts the engine down; exit 0.
+  error event); the lifespan's end shuts the engine down; exit 0. The engine's processes take
+  no part in the signal, whoever sent it (its process group, its cgroup): they hold it until
+  the lifespan's end lets them stop (`server.engine.processes`), then vLLM's shutdown runs.
 - Engine death: vLLM marks the engine dead when its core process exits; liveness and readiness
   read that flag and turn 503 at once. A watchdog sees it within a second, interrupts whatever
   still waits on the engine with a clear error, gives the answers a moment to go out, kills
-  engine processes left running (a worker outlives a killed engine core), and asks the process
-  to exit non-zero so the orchestrator restarts it.
+  engine processes left running (a backstop: a worker already dies with its engine core), and
+  asks the process to exit non-zero so the orchestrator restarts it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import psutil
 
 from server.engine import Engine
-from server.engine.processes import engine_processes, reap
+from server.engine.processes import allow_stop, engine_processes, reap, start_shielded, unprepared
 from server.engine.sampling import warmup_params
 from server.generation import EnginePrompt, run_generation
 from server.generation.loop import DRAIN, ENGINE_DEAD
@@ -37,6 +39,10 @@ logger = logging.getLogger(__name__)
 WATCHDOG_INTERVAL_S = 0.5
 # After the engine died: time for in-flight requests' error answers to reach their clients.
 ENGINE_DEATH_GRACE_S = 2.0
+# vLLM's engine core clears its distributed state and collects garbage over its whole heap
+# before it exits: seconds on a busy host, more than the 5 s vLLM gives it by default, past which
+# it kills the engine core (leaking its shared memory, logging a traceback).
+ENGINE_SHUTDOWN_TIMEOUT_S = 30.0
 WARMUP_PROMPT = "Hello"
 WARMUP_TIMEOUT_S = 600
 
@@ -66,6 +72,7 @@ class Lifecycle:
         self._loader: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         self._engine_processes: list[psutil.Process] = []
+        self._stopped = False
 
     def _die(self, message: str, error: BaseException | None = None) -> None:
         logger.error(message, exc_info=error)
@@ -82,7 +89,9 @@ class Lifecycle:
         state = self.state
         try:
             model_dir = await asyncio.to_thread(resolve_model_dir, state)
-            engine = await asyncio.to_thread(Engine.start, state.settings, model_dir, state.served_name)
+            # Spawned with the stop signals blocked: a signal meant for the server (its process
+            # group's or cgroup's) must not stop the engine under the drain.
+            engine = await asyncio.to_thread(start_shielded, Engine.start, state.settings, model_dir, state.served_name)
             for prepare in self.engine_started:
                 await asyncio.to_thread(prepare, engine)
         except ValueError as error:
@@ -96,6 +105,11 @@ class Lifecycle:
             return
         state.engine = engine
         self._engine_processes = await asyncio.to_thread(engine_processes)
+        for process in unprepared(self._engine_processes):
+            logger.warning(
+                "engine process %d is not shielded: a stop signal sent to the whole process group or "
+                "cgroup may stop it before the drain (send it to the server alone)", process.pid
+            )
         if not state.advance(Phase.WARMING):
             return  # stopped while loading: the lifespan's end shuts the engine down
         self._watchdog = asyncio.create_task(self._watch_engine())
@@ -151,8 +165,16 @@ class Lifecycle:
         logger.info("draining: %.1f s for in-flight requests", timeout)
         asyncio.get_running_loop().call_later(timeout, state.interruptions.interrupt_all, DRAIN)
 
+    def end_drain_now(self) -> None:
+        """The drain's deadline, now: what still runs stops with its error (a second SIGINT)."""
+        self.begin_drain()
+        self.state.interruptions.interrupt_all(DRAIN)
+
     async def stop(self) -> None:
-        """Shut the engine down (after uvicorn has finished with the connections)."""
+        """Shut the engine down (after uvicorn has finished with the connections); once."""
+        if self._stopped:
+            return
+        self._stopped = True
         state = self.state
         state.advance(Phase.STOPPED)
         state.interruptions.interrupt_all(DRAIN)
@@ -166,6 +188,13 @@ class Lifecycle:
                 await self._watchdog
         if state.engine is not None:
             logger.info("shutting the engine down")
-            await asyncio.to_thread(state.engine.shutdown)
+            # Its processes hold SIGTERM until told the next one is theirs (vLLM's shutdown
+            # sends it): see server.engine.processes.
+            await asyncio.to_thread(allow_stop, self._engine_processes)
+            # Blocking, on the event loop's own thread: there vLLM's shutdown closes its sockets
+            # and cancels its output tasks at once and in order. From another thread it only
+            # schedules both, and its output handler may first see the closed socket and log an
+            # EngineDeadError traceback. Nothing else needs the loop by now.
+            state.engine.shutdown(ENGINE_SHUTDOWN_TIMEOUT_S)
         # vLLM's shutdown stops its processes; make sure, so the process exits with no child left.
         await asyncio.to_thread(reap, self._engine_processes)
