@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from server.engine.default_model import SERVED_NAME as DEFAULT_SERVED_NAME
+from server.engine.default_model import SERVED_NAME as DEFAULT_SERVED_NAME  # noqa: F401 - bench names it here
 from tests.support.server import REPO_ROOT
 
 SHARED_DIR = Path(os.environ.get("AIROBOROS_SHARED_DIR", REPO_ROOT.parent / "shared"))

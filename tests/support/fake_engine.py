@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,18 @@ class FakeAsyncLLM:
         self.engine_args: Any = None
         self.is_dead = False
         self.shut_down = False
+
+    @contextlib.contextmanager
+    def paced(self, **delays: float) -> Iterator[None]:
+        """Other `token_delay_s` / `first_token_delay_s` for the requests of a block."""
+        saved = {name: getattr(self, name) for name in delays}
+        for name, value in delays.items():
+            setattr(self, name, value)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
 
     # --- what `Engine.start` and `Engine` use ------------------------------------------------
 

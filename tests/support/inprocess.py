@@ -8,7 +8,7 @@ server starts, and the fake has no engine processes to find or reap. Clients tal
 real socket, so streaming, disconnects and keep-alive behave as on the wire. A start costs a
 fraction of a second; nothing is left running when the block ends (bounded waits throughout).
 
-The signal handlers are the main thread's business, so `InProcessServer.signal` calls the
+The signal handlers are the main thread's business, so `InProcessServer.send_signal` calls the
 server's handler directly, as the signal would.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -68,7 +69,7 @@ class InProcessServer(ServerEndpoints):
     def log_text(self) -> str:
         return "\n".join(self.logs.lines)
 
-    def signal(self, sig: signal.Signals) -> None:
+    def send_signal(self, sig: signal.Signals) -> None:
         """What the process's signal handler does for `sig` (SIGTERM, SIGINT)."""
         self.uvicorn.handle_exit(sig, None)
 
@@ -127,6 +128,20 @@ class _FakeEngines:
 _FAKES = _FakeEngines()
 
 
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _wait(condition: Any, timeout: float, what: str, server: InProcessServer) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -157,9 +172,9 @@ def serving_fake(
     port = listener.getsockname()[1]
     model = f"{FAKE_MODEL}-{port}"  # the key to this server's fake (see `_FakeEngines`)
     values = {"model": Path(model), "served_model_name": FAKE_MODEL, "drain_timeout": 5.0, **settings}
-    if api_key:
-        values["api_keys"] = [api_key]
-    config = Settings(**values)
+    # The key comes the way a deployment gives it: the environment, read when the settings are made.
+    with _environment({"AIROBOROS_API_KEYS": api_key} if api_key else {}):
+        config = Settings(**values)
     server = InProcessServer(port=port, api_key=api_key, llm=llm)
 
     def request_exit(code: int) -> None:
