@@ -53,6 +53,4 @@ def default_server():
 
 @pytest.fixture(scope="session")
 def default_model_name(default_server) -> str:
-    import httpx
-
-    return httpx.get(default_server.base_url + "/v1/models", timeout=10).json()["data"][0]["id"]
+    return default_server.model

@@ -178,8 +178,13 @@ def test_ignore_eos_generates_past_a_forced_eos(chat, eos_id):
     assert completion.usage.completion_tokens == 5
 
 
-def test_user_field_is_accepted(chat):
-    assert chat(temperature=0, max_tokens=3, user="someone-123").choices[0].message.content
+def test_user_field_is_accepted_and_unused(chat):
+    # Accepted (no 400) and unused: the greedy answer and its usage are what they are without it.
+    # (That the engine gets the very same request is checked in process: test_generation_driver.py.)
+    with_user = chat(temperature=0, max_tokens=6, user="someone-123")
+    without = chat(temperature=0, max_tokens=6)
+    assert with_user.choices[0].message.content == without.choices[0].message.content
+    assert with_user.usage == without.usage
 
 
 # --- logprobs ------------------------------------------------------------------------------
