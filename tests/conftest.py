@@ -54,3 +54,19 @@ def default_server():
 @pytest.fixture(scope="session")
 def default_model_name(default_server) -> str:
     return default_server.model
+
+
+@pytest.fixture(scope="session")
+def client(default_server):
+    """The openai SDK on the default server (a module may bring its own `client` for its server)."""
+    import openai
+
+    return openai.OpenAI(base_url=default_server.openai_base_url, api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def schemas(openai_openapi_file):
+    """OpenAI's published response schemas (tests/support/openai_schema.py)."""
+    from tests.support.openai_schema import OpenAISchemas
+
+    return OpenAISchemas(openai_openapi_file)

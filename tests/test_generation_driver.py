@@ -19,16 +19,10 @@ import pytest
 
 from tests.support.fake_engine import FakeAsyncLLM
 from tests.support.inprocess import FAKE_MODEL, serving_fake
-from tests.support.openai_schema import OpenAISchemas
 from tests.support.sse import parse_sse_line
 
 REPLY = "Four. Paris is in France."
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]
-
-
-@pytest.fixture(scope="module")
-def schemas(openai_openapi_file) -> OpenAISchemas:
-    return OpenAISchemas(openai_openapi_file)
 
 
 @pytest.fixture(scope="module")

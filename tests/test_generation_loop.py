@@ -36,6 +36,21 @@ def run(coroutine):
     return asyncio.run(asyncio.wait_for(coroutine, 20))
 
 
+async def drain(llm: FakeAsyncLLM, request_id: str, interruptions: Interruptions, deadline_s: float = 30, **fields) -> None:
+    """Run one engine request to its end, through `run_generation`, taking every output."""
+    async for _ in run_generation(fake_engine(llm), prompt(**fields), request_id,
+                                  deadline=time.monotonic() + deadline_s, interruptions=interruptions):
+        pass
+
+
+async def running(llm: FakeAsyncLLM, request_id: str, interruptions: Interruptions, **fields) -> asyncio.Task:
+    """`drain` in a task, returned once its engine request is under way."""
+    task = asyncio.create_task(drain(llm, request_id, interruptions, **fields))
+    while len(interruptions) < 1:
+        await asyncio.sleep(0.01)
+    return task
+
+
 def test_a_finished_request_yields_every_output_and_aborts_nothing():
     llm = FakeAsyncLLM(reply="Paris.")
 
@@ -75,14 +90,7 @@ def test_a_cancelled_consumer_aborts_the_engine_request():
     interruptions = Interruptions()
 
     async def scenario():
-        async def consume():
-            async for _ in run_generation(fake_engine(llm), prompt(**LONG), "r3", deadline=time.monotonic() + 5,
-                                          interruptions=interruptions):
-                pass
-
-        task = asyncio.create_task(consume())
-        while not llm.started:
-            await asyncio.sleep(0.01)
+        task = await running(llm, "r3", interruptions, **LONG)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -116,14 +124,7 @@ def test_the_drain_deadline_interrupts_running_requests():
     interruptions = Interruptions()
 
     async def scenario():
-        async def consume():
-            async for _ in run_generation(fake_engine(llm), prompt(**LONG), "r5", deadline=time.monotonic() + 30,
-                                          interruptions=interruptions):
-                pass
-
-        task = asyncio.create_task(consume())
-        while len(interruptions) < 1:
-            await asyncio.sleep(0.01)
+        task = await running(llm, "r5", interruptions, **LONG)
         interruptions.interrupt_all(DRAIN)
         await task
 
@@ -138,14 +139,9 @@ def test_a_request_admitted_after_the_drain_deadline_is_stopped_at_once():
     interruptions = Interruptions()
     interruptions.interrupt_all(DRAIN)  # the deadline passed with nothing running
 
-    async def scenario():
-        async for _ in run_generation(fake_engine(llm), prompt(**LONG), "r6", deadline=time.monotonic() + 30,
-                                      interruptions=interruptions):
-            pass
-
     started = time.monotonic()
     with pytest.raises(GenerationInterrupted) as stopped:
-        run(scenario())
+        run(drain(llm, "r6", interruptions, **LONG))
     assert stopped.value.reason == DRAIN
     assert time.monotonic() - started < 1.0
     assert llm.aborted == [llm.started[0].request_id]
@@ -171,14 +167,7 @@ def test_the_watchdogs_engine_death_interrupts_waiting_requests():
     interruptions = Interruptions()
 
     async def scenario():
-        async def consume():
-            async for _ in run_generation(fake_engine(llm), prompt(), "r8", deadline=time.monotonic() + 60,
-                                          interruptions=interruptions):
-                pass
-
-        task = asyncio.create_task(consume())
-        while len(interruptions) < 1:
-            await asyncio.sleep(0.01)
+        task = await running(llm, "r8", interruptions)
         interruptions.interrupt_all(ENGINE_DEAD)
         await task
 
@@ -192,11 +181,8 @@ def test_requests_sharing_a_client_request_id_get_their_own_engine_ids():
     llm = FakeAsyncLLM(reply="ok")
 
     async def scenario():
-        engine = fake_engine(llm)
         for _ in range(2):
-            async for _ in run_generation(engine, prompt(), "same-id", deadline=time.monotonic() + 5,
-                                          interruptions=Interruptions()):
-                pass
+            await drain(llm, "same-id", Interruptions())
 
     run(scenario())
     first, second = (request.request_id for request in llm.started)

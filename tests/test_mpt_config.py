@@ -228,16 +228,9 @@ def test_tensor_parallel_slices_cover_the_slopes_in_head_order():
 
 
 def test_mpt30b_parameter_count_matches_transformers_on_meta():
-    from transformers import MptConfig, MptForCausalLM
+    from transformers import MptForCausalLM
 
-    config = MptConfig(
-        d_model=MPT_30B.d_model,
-        n_heads=MPT_30B.n_heads,
-        n_layers=MPT_30B.n_layers,
-        expansion_ratio=4,
-        max_seq_len=MPT_30B.max_seq_len,
-        vocab_size=MPT_30B.vocab_size,
-    )
+    config = MPT_30B.transformers_config()
     with torch.device("meta"):
         reference = MptForCausalLM(config)
     counted = sum(param.numel() for param in reference.parameters())

@@ -24,11 +24,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.golden_cases import GOLDEN_CASES
 from tests.support.server import RunningServer, launch_server, running_server, stop_server
 from tests.support.tiny_mpt import TinyMpt, build_reference, make_tiny_mpt, reference_greedy
 
 MAX_TOKENS = 32
 LOGPROB_ATOL = 1e-3
+G1_NEOX_TAIL = [21893, 6905, 5656, 27, 209]  # " ASS", "IST", "ANT", ":", " "
 PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):",
@@ -148,6 +150,20 @@ def test_max_seq_len_becomes_the_context_limit(tiny: TinyCase, served: RunningSe
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+@pytest.mark.engine
+@both_fixtures("plain_mosaicml_dialect")
+def test_g1_renders_to_the_44_gpt_neox_ids(tiny: TinyCase, served: RunningServer):
+    # The airoboros prompt of golden case G1 in MPT's own (GPT-NeoX) tokenizer, as the server renders it.
+    response = httpx.post(
+        served.base_url + "/v1/chat/render", json={"model": tiny.name, "messages": GOLDEN_CASES[0].messages}, timeout=60
+    )
+    body = response.json()
+    assert body["prompt"] == GOLDEN_CASES[0].prompt
+    assert body["num_tokens"] == 44
+    assert body["token_ids"][-5:] == G1_NEOX_TAIL
+    assert body["max_model_len"] == 512  # the checkpoint's max_seq_len drives the context
 
 
 @pytest.mark.parametrize("tiny", list(CASES), indirect=True)

@@ -26,16 +26,6 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 LEAK = re.compile(r"Traceback|File \"|/work/|/root/|/home/|site-packages|0x[0-9a-f]{6,}")
 
 
-@pytest.fixture(scope="module")
-def schemas(openai_openapi_file) -> OpenAISchemas:
-    return OpenAISchemas(openai_openapi_file)
-
-
-@pytest.fixture(scope="module")
-def client(default_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=default_server.openai_base_url, api_key="unused", max_retries=0)
-
-
 def assert_error_body(body: dict, schemas: OpenAISchemas, *, type: str, code: str | None = None, param=...) -> None:
     schemas.assert_valid("ErrorResponse", body)
     error = body["error"]

@@ -10,28 +10,16 @@ import json
 
 import httpx
 import jsonschema
-import openai
 import pytest
 from tokenizers import Tokenizer
 
 from server.engine.default_model import checkpoint_dir
 from server.settings import Settings
 from tests.conftest import DEFAULT_MODEL_ALIAS
-from tests.support.openai_schema import OpenAISchemas
 
 pytestmark = pytest.mark.engine
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def schemas(openai_openapi_file) -> OpenAISchemas:
-    return OpenAISchemas(openai_openapi_file)
-
-
-@pytest.fixture(scope="module")
-def client(default_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=default_server.openai_base_url, api_key="unused", max_retries=0)
 
 
 @pytest.fixture(scope="module")

@@ -1,24 +1,20 @@
 """The airoboros prompt and its stops through a running server (real engine).
 
-Golden prompts through /v1/chat/render; G1's token ids with MPT's own (GPT-NeoX) tokenizer on a
-tiny MPT checkpoint; the default stops `</s>` and `USER:` reached by the real model, with no
+Golden prompts through /v1/chat/render (G1's token ids with MPT's own GPT-NeoX tokenizer, on a
+tiny MPT checkpoint's server, are in test_mpt_server.py); the default stops `</s>` and `USER:` reached by the real model, with no
 fragment of them reaching the client; the history policies on an over-long chat.
 """
 
 from __future__ import annotations
 
 import httpx
-import openai
 import pytest
 
 from tests.support.golden_cases import GOLDEN_CASES, SYSTEM, GoldenCase
-from tests.support.server import running_server
-from tests.support.tiny_mpt import make_tiny_mpt
 
 pytestmark = pytest.mark.engine
 
 DROPPED_HEADER = "x-airoboros-dropped-messages"
-G1_NEOX_TAIL = [21893, 6905, 5656, 27, 209]  # " ASS", "IST", "ANT", ":", " "
 
 # Greedy SmolLM2 answers these few-shot sums and then writes the separator it was shown.
 FEW_SHOT_SUMS = [
@@ -53,22 +49,6 @@ def test_golden_case_through_render_endpoint(default_server, default_model_name,
         assert body["dropped_messages"] == 0
 
 
-@pytest.fixture(scope="module")
-def tiny_mpt_server(tmp_path_factory, neox_tokenizer_file):
-    directory, _ = make_tiny_mpt(tmp_path_factory.mktemp("mpt") / "tiny-mpt", neox_tokenizer_file)
-    with running_server("--model", str(directory), "--dtype", "float32") as server:
-        yield server
-
-
-def test_g1_renders_to_the_44_gpt_neox_ids(tiny_mpt_server):
-    response = render(tiny_mpt_server, "tiny-mpt", messages=GOLDEN_CASES[0].messages)
-    body = response.json()
-    assert body["prompt"] == GOLDEN_CASES[0].prompt
-    assert body["num_tokens"] == 44
-    assert body["token_ids"][-5:] == G1_NEOX_TAIL
-    assert body["max_model_len"] == 512  # the checkpoint's max_seq_len drives the context
-
-
 def test_closed_context_documents_are_validated_by_the_server(default_server, default_model_name):
     response = render(
         default_server, default_model_name, messages=[{"role": "user", "content": "Summarise."}],
@@ -88,11 +68,6 @@ def test_tools_are_refused_unless_tool_choice_is_none(default_server, default_mo
 
 
 # --- stops ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def client(default_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=default_server.openai_base_url, api_key="unused", max_retries=0)
 
 
 def chat_both_ways(client, model: str, messages, **fields):
