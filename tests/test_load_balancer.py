@@ -8,7 +8,14 @@
   sending; the balancer's retry policy (tests/support/balancer.py) saves the requests that had not
   yet been answered. The test prints both counts.
 
-Loopback only, two replicas of the embedded default model, load bounded in count and time.
+Loopback only, two replicas, load bounded in count and time.
+
+The replicas are the real `airoboros-server serve` process (settings, signal handling, drain,
+readiness, exit status) on the fake engine (tests/support/fake_serve.py), which writes a token
+every 50 ms and starts in seconds: what is tested here is the server's behaviour toward a
+balancer and the balancer's policy, none of which lives in vLLM, and a replacement replica is
+ready in seconds instead of an engine start per step. The same drain on the real engine (in-flight
+streams finish, the engine shuts down, exit 0, no process left) is test_ops_exit.py's.
 """
 
 from __future__ import annotations
@@ -24,10 +31,11 @@ import httpx
 import pytest
 
 from tests.support.balancer import NGINX_INSTALL_HINT, Nginx, find_nginx
-from tests.support.server import RunningServer, launch_server, served_model, stop_server, wait_until_ready
+from tests.support.fake_serve import fake_serve_command
+from tests.support.server import (
+    RunningServer, child_environment, free_port, served_model, start_process, stop_server, wait_until_ready,
+)
 from tests.support.streams import StreamRecord, closed_loop, read_stream
-
-pytestmark = pytest.mark.engine
 
 REPLICAS = 2
 CONCURRENCY = 4
@@ -101,15 +109,7 @@ def problems(outcomes: list[StreamRecord]) -> list[str]:
 
 
 class Fleet:
-    """Replicas of the server and the balancer in front of them.
-
-    Each replica runs on a core of its own (`extra["core"]`), all its processes, as a pod with a
-    cpuset would. Without that, vLLM's CPU auto-binding pins every engine worker to core 0, and
-    even with distinct workers a loaded replica's engine-core process spins on the other core:
-    a replacement's start (single-threaded Python imports) then starved for minutes beside the
-    replica serving the load alone on a 2-core machine. A replacement takes the core its
-    predecessor freed.
-    """
+    """Replicas of the server and the balancer in front of them."""
 
     def __init__(self, nginx: Nginx) -> None:
         self.nginx = nginx
@@ -119,27 +119,12 @@ class Fleet:
     def address(replica: RunningServer) -> str:
         return f"127.0.0.1:{replica.port}"
 
-    def free_cores(self, count: int) -> list[int]:
-        """`count` cores, the least used by live replicas first (distinct while there are enough)."""
-        usable = sorted(os.sched_getaffinity(0))
-        load = Counter(replica.extra["core"] for replica in self.replicas)
-        chosen = []
-        for _ in range(count):
-            # Ties go to the highest core: vLLM's auto-binding (the suite's other servers) takes the lowest.
-            core = min(usable, key=lambda c: (load[c], -c))
-            load[core] += 1
-            chosen.append(core)
-        return chosen
-
     def start_replicas(self, count: int) -> list[RunningServer]:
         """Start `count` replicas at once and wait until each is ready."""
         started = []
-        for core in self.free_cores(count):
-            replica = launch_server(env={**REPLICA_ENV, "VLLM_CPU_OMP_THREADS_BIND": str(core)}, wait_ready=False)
-            # Set before the interpreter spawns anything: its engine processes inherit it.
-            os.sched_setaffinity(replica.process.pid, {core})
-            replica.extra["core"] = core
-            started.append(replica)
+        for _ in range(count):
+            port = free_port()
+            started.append(start_process(fake_serve_command(port=port), port=port, env=child_environment(REPLICA_ENV), wait_ready=False))
         try:
             for replica in started:
                 wait_until_ready(replica)

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -125,7 +126,7 @@ class _FakeEngines:
                     async_llm.AsyncLLM, lifecycle.engine_processes = self.saved
 
 
-_FAKES = _FakeEngines()
+fake_engines = _FakeEngines()
 
 
 @contextlib.contextmanager
@@ -170,7 +171,9 @@ def serving_fake(
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    model = f"{FAKE_MODEL}-{port}"  # the key to this server's fake (see `_FakeEngines`)
+    # The "checkpoint": an empty directory (vLLM's engine arguments want a path that exists, with
+    # HF_HUB_OFFLINE), the key to this server's fake (see `_FakeEngines`).
+    model = tempfile.mkdtemp(prefix="fake-model-")
     values = {"model": Path(model), "served_model_name": FAKE_MODEL, "drain_timeout": 5.0, **settings}
     # The key comes the way a deployment gives it: the environment, read when the settings are made.
     with _environment({"AIROBOROS_API_KEYS": api_key} if api_key else {}):
@@ -193,7 +196,7 @@ def serving_fake(
         target=server.uvicorn.run, kwargs={"sockets": [listener]}, name=f"fake-server-{server.port}", daemon=True
     )
     try:
-        with _FAKES.serving(str(config.model), llm):
+        with fake_engines.serving(str(config.model), llm):
             try:
                 server.thread.start()
                 _wait(lambda: server.uvicorn.started, START_TIMEOUT_S, "uvicorn listens", server)
@@ -204,6 +207,7 @@ def serving_fake(
                 _stop(server, config.drain_timeout)
     finally:
         listener.close()
+        os.rmdir(model)
         for name in LOGGERS:
             logger = logging.getLogger(name)
             logger.removeHandler(server.logs)
