@@ -1,7 +1,8 @@
 """Our vLLM MPT, served over HTTP, computes what transformers' MptForCausalLM computes.
 
 Each case is a tiny random MPT checkpoint (fp32) written by tests/support/tiny_mpt.py; the real
-server serves it (`python -m server serve`, one server per case, started once for the module)
+server serves it (`python -m server serve`, one server per case, the next case's starting while
+the current case's tests run)
 and `/v1/completions` must return transformers' greedy tokens, token for token for 32 tokens
 with EOS ignored, and the same logprob for each within LOGPROB_ATOL.
 
@@ -25,7 +26,7 @@ import httpx
 import pytest
 
 from tests.support.golden_cases import GOLDEN_CASES
-from tests.support.server import RunningServer, launch_server, running_server, stop_server
+from tests.support.server import RunningServer, launch_server, stop_server, wait_until_ready
 from tests.support.tiny_mpt import TinyMpt, build_reference, make_tiny_mpt, reference_greedy
 
 MAX_TOKENS = 32
@@ -73,29 +74,85 @@ class TinyCase:
     references: list[Reference]
 
 
+def checkpoint_name(case: str) -> str:
+    return f"tiny-mpt-{case.replace('_', '-')}"
+
+
 @pytest.fixture(scope="module")
-def tiny(request, tmp_path_factory, neox_tokenizer_file) -> TinyCase:
-    """A tiny checkpoint for `request.param` and transformers' greedy answers to PROMPTS."""
+def checkpoints(tmp_path_factory, neox_tokenizer_file) -> dict[str, tuple[Path, object]]:
+    """Every case's tiny checkpoint and its transformers model, written up front (seconds), so
+    the next case's server can start while the current one's tests run."""
+    return {
+        case: make_tiny_mpt(tmp_path_factory.mktemp(case) / checkpoint_name(case), neox_tokenizer_file, **options)
+        for case, (options, _, _) in CASES.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny(request, checkpoints) -> TinyCase:
+    """`request.param`'s tiny checkpoint and transformers' greedy answers to PROMPTS."""
     from transformers import PreTrainedTokenizerFast
 
     case = request.param
-    options, _, _ = CASES[case]
-    name = f"tiny-mpt-{case.replace('_', '-')}"
-    directory, model = make_tiny_mpt(tmp_path_factory.mktemp(case) / name, neox_tokenizer_file, **options)
+    directory, model = checkpoints[case]
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
     references = []
     for prompt in PROMPTS:
         prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
         references.append(Reference(prompt_ids, *reference_greedy(model, prompt_ids, MAX_TOKENS)))
-    return TinyCase(name, directory, references)
+    return TinyCase(checkpoint_name(case), directory, references)
+
+
+class CaseServers:
+    """The cases' servers, at most two alive: the one under test, and the next case's, starting
+    while the current one's tests run (an engine start is most of a case's time)."""
+
+    def __init__(self, checkpoints: dict[str, tuple[Path, object]]) -> None:
+        self.checkpoints = checkpoints
+        self.started: dict[str, RunningServer] = {}
+
+    def _launch(self, case: str) -> None:
+        directory, _ = self.checkpoints[case]
+        _, flags, env = CASES[case]
+        # No --max-model-len: the checkpoint's max_seq_len must set it.
+        self.started[case] = launch_server("--model", str(directory), "--dtype", "float32", *flags, env=env, wait_ready=False)
+
+    def ready(self, case: str) -> RunningServer:
+        if case not in self.started:
+            self._launch(case)
+        following = [c for c in list(CASES)[list(CASES).index(case) + 1:] if c not in self.started]
+        if following and len(self.started) < 2:
+            self._launch(following[0])
+        server = self.started[case]
+        try:
+            wait_until_ready(server)
+        except BaseException:
+            self.stop(case)
+            raise
+        return server
+
+    def stop(self, case: str) -> None:
+        stop_server(self.started.pop(case))
+
+    def close(self) -> None:
+        for case in list(self.started):
+            self.stop(case)
 
 
 @pytest.fixture(scope="module")
-def served(tiny: TinyCase, request) -> RunningServer:
-    """The real server on `tiny`'s checkpoint; no --max-model-len: max_seq_len must set it."""
-    _, flags, env = CASES[request.param]
-    with running_server("--model", str(tiny.directory), "--dtype", "float32", *flags, env=env) as server:
-        yield server
+def case_servers(checkpoints):
+    servers = CaseServers(checkpoints)
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+@pytest.fixture(scope="module")
+def served(tiny: TinyCase, request, case_servers: CaseServers) -> RunningServer:
+    """The real server on `tiny`'s checkpoint."""
+    yield case_servers.ready(request.param)
+    case_servers.stop(request.param)
 
 
 def complete(server: RunningServer, model: str, prompts: list[str]) -> list[dict]:
