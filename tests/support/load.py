@@ -8,6 +8,7 @@ themselves are read by the one load generator, `tests/support/streams.py`.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections import Counter
@@ -256,8 +257,10 @@ class LoadGenerator:
             async def one(index: int) -> None:
                 await self._one(client, kinds[index], index, report)
 
-            # Each request is bounded by its own timeout; the loop by all of them in a row.
+            # Each request is bounded by its own timeout, so the loop by one timeout per round of
+            # `concurrency` requests.
             report.seconds = await closed_loop(
-                one, concurrency=concurrency, max_requests=requests, time_limit_s=self.timeout * requests
+                one, concurrency=concurrency, max_requests=requests,
+                time_limit_s=self.timeout * math.ceil(requests / concurrency),
             )
         return report
