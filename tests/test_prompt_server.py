@@ -168,10 +168,12 @@ def test_history_fit_generates_and_reports_dropped_messages(default_server, defa
 
 
 def test_default_max_tokens_is_clamped_to_the_context_left(default_server, default_model_name):
-    messages = long_chat(exchanges=19, words=200)  # 7,959 tokens: a little under the 8,192 context
+    # 8,178 tokens: 14 short of the 8,192 context, so the clamped default fills the context to its
+    # last token (the boundary vLLM checks) and the answer stays short.
+    messages = long_chat(exchanges=20, words=195)
     rendered = render(default_server, default_model_name, messages=messages).json()
     room = 8192 - rendered["num_tokens"]
-    assert 0 < room < 1024, room  # so the 1,024-token default would not fit
+    assert 0 < room < 64, room  # so the 1,024-token default would not fit
     response = httpx.post(
         default_server.base_url + "/v1/chat/completions",
         json={"model": default_model_name, "messages": messages, "ignore_eos": True, "temperature": 0},
