@@ -58,7 +58,7 @@ def test_manifests_validate_strictly_against_kubernetes(rendered_file: Path) -> 
     # Custom resources (ScaledObject, ServiceMonitor) have no bundled schema: a warning, not a
     # failure; tests/test_deploy_manifests.py checks their fields instead.
     versions = [arg for version in KUBERNETES_VERSIONS for arg in ("-k", version)]
-    out = check([venv_tool("kubernetes-validate"), "--strict", *versions, rendered_file])
+    out = check([*venv_tool("kubernetes-validate"), "--strict", *versions, rendered_file])
     for version in KUBERNETES_VERSIONS:
         minor = version.rsplit(".", 1)[0]
         assert f"against version {minor}" in out, f"{rendered_file.name} not validated for {minor}"
@@ -81,7 +81,7 @@ def checkov_results(tmp_path_factory) -> dict[str, dict[str, list[str]]]:
     (directory / "privileged-pod.yaml").write_text(PRIVILEGED_POD)
     skip_ids = ",".join(skip["id"] for skip in checkov_skips())
     command = [
-        venv_tool("checkov"), "--skip-download", "--framework", "kubernetes", "--directory", directory,
+        *venv_tool("checkov"), "--skip-download", "--framework", "kubernetes", "--directory", directory,
         "--skip-check", skip_ids, "--output", "json",
     ]
     # Offline: no update check against the package index (it would cost a timeout).
@@ -113,14 +113,14 @@ def test_checkov_fails_a_privileged_pod(checkov_results) -> None:
 def test_kubernetes_validate_rejects_an_unknown_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(render("cpu").replace("maxSurge: 1", "maxSurge: 1\n      maxSurgeTypo: 1", 1))
-    result = run([venv_tool("kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSIONS[-1], bad])
+    result = run([*venv_tool("kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSIONS[-1], bad])
     assert result.returncode != 0 and "maxSurgeTypo" in result.stdout + result.stderr
 
 
 def test_hadolint_fails_a_careless_dockerfile(tmp_path: Path) -> None:
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text("FROM ubuntu:latest\nRUN apt-get update && apt-get install -y curl\n")
-    result = run([venv_tool("hadolint"), "--config", HADOLINT_CONFIG, dockerfile])
+    result = run([*venv_tool("hadolint"), "--config", HADOLINT_CONFIG, dockerfile])
     assert result.returncode != 0 and "DL3007" in result.stdout
 
 
@@ -133,7 +133,7 @@ def test_hadolint_fails_a_careless_dockerfile(tmp_path: Path) -> None:
     ids=lambda p: str(p.relative_to(DEPLOY_DIR.parent)),
 )
 def test_yamllint_passes(path: Path) -> None:
-    check([venv_tool("yamllint"), "--strict", "-c", YAMLLINT_CONFIG, path])
+    check([*venv_tool("yamllint"), "--strict", "-c", YAMLLINT_CONFIG, path])
 
 
 def test_every_checkov_skip_gives_a_reason() -> None:
