@@ -136,12 +136,16 @@ def test_logit_scale_inv_sqrt_d_model_is_resolved():
 @pytest.fixture(scope="module")
 def in_a_vllm_process(tmp_path_factory) -> dict:
     """What a fresh process with vLLM reports: after `register` (twice), the config class
-    AutoConfig picks for a tiny MPT and the MPT architectures vLLM's registry lists; then our vLLM
-    MPT-30B module built on the meta device, counted. One child process (vLLM's import is most of
+    AutoConfig picks for a tiny MPT and the MPT architectures vLLM's registry lists; our vLLM
+    MPT-30B module built on the meta device, counted; and what vLLM's engine configuration makes
+    of a checkpoint with an option we refuse. One child process (vLLM's import is most of
     its cost) for both tests: registration replaces AutoConfig's "mpt" class, and the meta build
     sets up vLLM's distributed state, for the rest of that process."""
     tiny = write_config(tmp_path_factory.mktemp("tiny"), mosaicml_config(TinyMpt()))
     big = write_config(tmp_path_factory.mktemp("mpt30b"), {**mosaicml_config(MPT_30B), "torch_dtype": "bfloat16"})
+    prefix_lm = write_config(
+        tmp_path_factory.mktemp("prefix-lm"), with_changes(mosaicml_config(TinyMpt()), attn_config__prefix_lm=True)
+    )
     script = textwrap.dedent(
         f"""
         import json, server.models as models
@@ -155,6 +159,12 @@ def in_a_vllm_process(tmp_path_factory) -> dict:
             "archs": [a for a in ModelRegistry.get_supported_archs() if a.lower() == "mptforcausallm"],
         }}
         report["mpt30b_parameters"] = vllm_parameter_count_on_meta({str(big)!r})
+        from vllm.engine.arg_utils import EngineArgs
+        try:  # what an engine start does first with a checkpoint: its configuration
+            EngineArgs(model={str(prefix_lm)!r}, skip_tokenizer_init=True, enforce_eager=True).create_engine_config()
+            report["prefix_lm_refusal"] = None
+        except Exception as error:
+            report["prefix_lm_refusal"] = f"{{type(error).__name__}}: {{error}}"
         print(json.dumps(report))
         """
     )
@@ -168,6 +178,13 @@ def in_a_vllm_process(tmp_path_factory) -> dict:
 def test_register_makes_vllm_and_autoconfig_use_our_mpt(in_a_vllm_process):
     assert in_a_vllm_process["config"] == "MptCheckpointConfig"
     assert in_a_vllm_process["archs"] == ["MPTForCausalLM", "MptForCausalLM"]
+
+
+def test_an_unsupported_option_stops_vllms_engine_configuration_naming_it(in_a_vllm_process):
+    # The first thing an engine start does; the server's side of a failed start (it dies with the
+    # error in its log) is test_startup.py's.
+    refusal = in_a_vllm_process["prefix_lm_refusal"]
+    assert refusal is not None and "MPT config attn_config.prefix_lm=True is not supported" in refusal, refusal
 
 
 # --- unsupported options --------------------------------------------------------------------

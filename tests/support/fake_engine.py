@@ -100,11 +100,13 @@ class FakeAsyncLLM:
         first_token_delay_s: float = 0.0,
         max_model_len: int = 8192,
         load_delay_s: float = 0.0,
+        load_error: Exception | None = None,
     ) -> None:
         self.reply = reply
         self.token_delay_s = token_delay_s
         self.first_token_delay_s = first_token_delay_s
         self.load_delay_s = load_delay_s
+        self.load_error = load_error  # what `from_engine_args` raises, as vLLM does for a bad checkpoint
         self.model_config = FakeModelConfig(max_model_len=max_model_len)
         self.tokenizer = FakeTokenizer()
         self.requests: dict[str, FakeRequest] = {}  # running, by request id
@@ -132,6 +134,8 @@ class FakeAsyncLLM:
         """`AsyncLLM.from_engine_args`: records the arguments; blocks `load_delay_s` like a load."""
         self.engine_args = engine_args
         time.sleep(self.load_delay_s)
+        if self.load_error is not None:
+            raise self.load_error
         return self
 
     def get_tokenizer(self) -> FakeTokenizer:

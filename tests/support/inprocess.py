@@ -160,9 +160,14 @@ def serving_fake(
     *,
     api_key: str | None = None,
     wait_ready: bool = True,
+    stop_on_exit_request: bool = True,
     **settings: Any,
 ) -> Iterator[InProcessServer]:
-    """Serve the real app on `llm` (a default `FakeAsyncLLM` when None) with `settings`."""
+    """Serve the real app on `llm` (a default `FakeAsyncLLM` when None) with `settings`.
+
+    The server asks for its exit (engine death, a failed start) as `airoboros-server serve`
+    does; the code goes to `exit_codes`, and the server stops unless `stop_on_exit_request` is
+    False (to look at it in that state; the block's end stops it)."""
     from server.app import create_app
     from server.metrics import Metrics
     from server.ops.runner import DrainingServer, uvicorn_config
@@ -183,7 +188,8 @@ def serving_fake(
 
     def request_exit(code: int) -> None:
         server.exit_codes.append(code)
-        server.uvicorn.should_exit = True
+        if stop_on_exit_request:
+            server.uvicorn.should_exit = True
 
     server.app = create_app(config, metrics=Metrics(CollectorRegistry()), request_exit=request_exit)
     server.uvicorn = DrainingServer(uvicorn_config(config, server.app), server.lifecycle, config.shutdown_delay)
