@@ -26,7 +26,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.load import STOP_STRINGS, RequestRecord
+from bench.load import STOP_STRINGS
+from tests.support.streams import StreamRecord, closed_loop
 
 
 def build_engine(args: argparse.Namespace) -> Any:
@@ -47,7 +48,7 @@ def build_engine(args: argparse.Namespace) -> Any:
     return AsyncLLM.from_engine_args(engine_args(settings, Path(args.model), args.served_name))
 
 
-async def generate_one(llm: Any, prompt_ids: list[int], max_tokens: int, timeout_s: float) -> RequestRecord:
+async def generate_one(llm: Any, prompt_ids: list[int], max_tokens: int, timeout_s: float) -> StreamRecord:
     from vllm.inputs.engine import tokens_input
     from vllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -55,15 +56,14 @@ async def generate_one(llm: Any, prompt_ids: list[int], max_tokens: int, timeout
         temperature=0.0, max_tokens=max_tokens, ignore_eos=True, stop=STOP_STRINGS,
         output_kind=RequestOutputKind.DELTA, skip_special_tokens=True,
     )
-    record = RequestRecord(prompt_tokens=len(prompt_ids))
-    started = time.perf_counter()
+    record = StreamRecord(prompt_tokens=len(prompt_ids))
 
     async def consume() -> None:
         async for output in llm.generate(tokens_input(prompt_ids), params, uuid.uuid4().hex):
             for completion in output.outputs:
                 record.completion_tokens += len(completion.token_ids)
                 if completion.text:
-                    record.note_content(started)
+                    record.note_content()
 
     try:
         await asyncio.wait_for(consume(), timeout=timeout_s)
@@ -71,28 +71,22 @@ async def generate_one(llm: Any, prompt_ids: list[int], max_tokens: int, timeout
         record.status = 200
     except Exception as error:  # noqa: BLE001 - reported, not raised
         record.error = f"{type(error).__name__}: {error}"[:300]
-    record.e2e_s = time.perf_counter() - started
+    record.e2e_s = time.monotonic() - record.started
     return record
 
 
 async def run_level(llm: Any, command: dict[str, Any]) -> dict[str, Any]:
     prompts = command["prompt_ids"]
-    requests, concurrency = command["requests"], command["concurrency"]
     deadline = time.monotonic() + command["time_limit_s"]
-    records: list[RequestRecord] = []
-    issued = 0
+    records: list[StreamRecord] = []
 
-    async def worker() -> None:
-        nonlocal issued
-        while issued < requests and time.monotonic() < deadline:
-            index = issued
-            issued += 1
-            left = max(1.0, deadline - time.monotonic())
-            records.append(await generate_one(llm, prompts[index % len(prompts)], command["max_tokens"], left))
+    async def one(index: int) -> None:
+        left = max(1.0, deadline - time.monotonic())
+        records.append(await generate_one(llm, prompts[index % len(prompts)], command["max_tokens"], left))
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - started
+    wall = await closed_loop(
+        one, concurrency=command["concurrency"], max_requests=command["requests"], time_limit_s=command["time_limit_s"]
+    )
     return {"records": [asdict(record) for record in records], "wall_s": wall}
 
 

@@ -1,20 +1,23 @@
 """Per-chunk CPU cost of each layer of our streaming path, in-process, with a fake engine.
 
-No model and no sockets: a fake engine yields N single-token DELTA outputs, each one as soon
-as the consumer has taken the previous one (as a real engine's outputs find their consumer
-waiting), and each layer the server puts between vLLM's AsyncLLM and the socket is timed alone, on
-uvloop (as uvicorn runs it). The numbers are microseconds per streamed chunk, one chunk being
-one token here, so they add up to the front end's own cost per token; compare them with the
-front-end CPU per 1,000 tokens that `python -m bench` measures on the real server.
+No model and no sockets: the tests' fake vLLM engine (tests/support/fake_engine.py) writes N
+one-token DELTA outputs, each one as soon as the consumer has taken the previous one (it yields
+to the event loop once per token, as a real engine's outputs find their consumer waiting), and
+each layer the server puts between vLLM's AsyncLLM and the socket is timed alone, on uvloop (as
+uvicorn runs it). The numbers are microseconds per streamed chunk, one chunk being one token
+here, so they add up to the front end's own cost per token; compare them with the front-end CPU
+per 1,000 tokens that `python -m bench` measures on the real server. Subtract the first line
+(the fake engine alone) from the others.
 
     python -m bench.frontend_micro [--chunks 20000]
 
-Layers:
-- `run_generation`: the task-per-output + asyncio.wait loop (keep-alive ticks, deadline, drain);
-- `ChatService.stream`: chunk dicts, the output shaper (stop-string hold-back), metrics, JSON;
-- `encode_frame`: SSE framing of one JSON payload;
-- `sse-starlette`: EventSourceResponse's per-event send (a cancel scope and a debug log call
-  per event) against a bare ASGI loop that sends the same bytes;
+Layers, each including the ones before it:
+- `run_generation`: one engine request's loop (deadline timer, drain and engine death);
+- `Generation.stream`: choice assembly (the output shaper's stop-string hold-back, token counts)
+  and the chat encoder's frames, as the chat route runs it;
+- `dumps` / `data_frame`: JSON of one chunk and its SSE framing, alone;
+- `sse-starlette`: EventSourceResponse's per-event send against a bare ASGI loop that sends the
+  same bytes;
 - middlewares: the three pure-ASGI wrappers every `send` passes through.
 """
 
@@ -24,71 +27,13 @@ import argparse
 import asyncio
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-
-@dataclass
-class FakeCompletion:
-    index: int = 0
-    text: str = " word"
-    token_ids: list[int] = field(default_factory=lambda: [42])
-    finish_reason: str | None = None
-    stop_reason: Any = None
-    logprobs: Any = None
-
-
-@dataclass
-class FakeOutput:
-    outputs: list[FakeCompletion]
-    finished: bool = False
-
-    def add(self, other: "FakeOutput", aggregate: bool) -> None:
-        """vLLM's `RequestOutput.add` for one DELTA choice: text and tokens appended."""
-        mine, theirs = self.outputs[0], other.outputs[0]
-        mine.text += theirs.text
-        mine.token_ids = mine.token_ids + theirs.token_ids
-        mine.finish_reason, mine.stop_reason = theirs.finish_reason, theirs.stop_reason
-        self.finished = other.finished
-
-
-class FakeEngine:
-    """What ChatService and run_generation use of `server.engine.Engine`."""
-
-    def __init__(self, chunks: int) -> None:
-        from server.engine import ModelInfo
-
-        self.chunks = chunks
-        self.dead = False
-        # Paced like a real engine: the next output exists only once the consumer has taken the
-        # previous one (`consumed` set), so every output finds its consumer waiting for it.
-        self.consumed = asyncio.Event()
-        self.info = ModelInfo(
-            served_name="fake", aliases=(), path="/fake", max_model_len=1 << 20, vocab_size=50432,
-            eos_token_id=0, bos_token_id=0, sampling_defaults={},
-        )
-
-    def tokenize(self, text: str) -> list[int]:
-        return list(range(len(text.split())))
-
-    def token_text(self, token_id: int) -> str:
-        return " word"
-
-    async def generate(self, token_ids: Any, prompt_text: Any, params: Any, request_id: str):
-        last = self.chunks - 1
-        self.consumed.set()
-        for i in range(self.chunks):
-            await self.consumed.wait()
-            self.consumed.clear()
-            done = i == last
-            yield FakeOutput([FakeCompletion(finish_reason="length" if done else None)], finished=done)
-
-    async def abort(self, request_id: str) -> None:
-        return None
+REQUEST_ID = "bench"
 
 
 def per_chunk_us(seconds: float, chunks: int) -> float:
@@ -105,50 +50,55 @@ async def measure(chunks: int) -> dict[str, float]:
     from prometheus_client import CollectorRegistry
 
     from prompt_formats import get_format
-    from server.chat import ChatService
-    from server.generation import run_generation
+    from server.api.chat import ChatService
+    from server.api.chat_encoder import ChatEncoder
+    from server.api.encoding import data_frame, dumps
+    from server.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
+    from server.api.protocol import ChatCompletionRequest
+    from server.api.sse import sse_response
+    from server.generation import Generation, Interruptions, Outcome, run_generation
     from server.metrics import Metrics
-    from server.outcome import Outcome
-    from server.protocol import ChatCompletionRequest
     from server.settings import Settings
-    from server.streaming import dumps, encode_frame, sse_response
+    from tests.support.fake_engine import FakeAsyncLLM, fake_engine
 
-    engine = FakeEngine(chunks)
+    llm = FakeAsyncLLM(reply=" word")
+    engine = fake_engine(llm)
     settings = Settings()
     metrics = Metrics(CollectorRegistry())
     results: dict[str, float] = {}
-
-    async def bare() -> None:
-        async for _ in engine.generate([], None, None, "x"):
-            engine.consumed.set()
-
-    async def wrapped() -> None:
-        async for _ in run_generation(engine, [1], None, None, "x", tick_seconds=5.0,
-                                      deadline=time.monotonic() + 600, stop_event=asyncio.Event()):
-            engine.consumed.set()
-
-    results["fake engine alone"] = await time_async(bare, chunks)
-    results["run_generation (+ fake engine)"] = await time_async(wrapped, chunks)
-
-    service = ChatService(engine, settings, get_format("airoboros"))
     request = ChatCompletionRequest(
-        model="fake", messages=[{"role": "user", "content": "Hello there"}], max_tokens=chunks,
+        model="fake-model", messages=[{"role": "user", "content": "Hello there"}], max_tokens=chunks,
         stream=True, stream_options={"include_usage": True}, temperature=0, ignore_eos=True,
     )
-    prepared = service.prepare(request)
-    payloads: list[Any] = []
+    prepared = ChatService(settings, get_format("airoboros")).prepare(request, engine)
+    (prompt,) = prepared.prompts
+
+    async def bare() -> None:
+        async for _ in llm.generate({"prompt_token_ids": prompt.token_ids}, prompt.params, "bare"):
+            pass
+
+    async def loop() -> None:
+        async for _ in run_generation(engine, prompt, "loop", deadline=time.monotonic() + 600,
+                                      interruptions=Interruptions()):
+            pass
+
+    results["fake engine alone"] = await time_async(bare, chunks)
+    results["run_generation (+ fake engine)"] = await time_async(loop, chunks)
+
+    frames: list[bytes] = []
 
     async def stream() -> None:
-        outcome = Outcome(route="/v1/chat/completions", request_id="bench", metrics=metrics,
-                          deadline=time.monotonic() + 600, stop_event=asyncio.Event())
-        async for payload in service.stream(prepared, "bench", outcome):
-            payloads.append(payload)
-            engine.consumed.set()
+        outcome = Outcome(route="/v1/chat/completions", request_id=REQUEST_ID, metrics=metrics,
+                          deadline=time.monotonic() + 600)
+        encoder = ChatEncoder(request_id=REQUEST_ID, model="fake-model", n=1, outcome=outcome,
+                              token_text=engine.token_text, include_usage=True)
+        async for frame in Generation(engine, prepared, encoder, outcome, Interruptions()).stream():
+            frames.append(frame)
 
-    results["ChatService.stream (+ run_generation + engine)"] = await time_async(stream, chunks)
-    results["(chunks ChatService.stream sent)"] = float(len(payloads))
+    results["Generation.stream, chat (+ run_generation + engine)"] = await time_async(stream, chunks)
+    results["(frames Generation.stream sent)"] = float(len(frames))
 
-    body = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1, "model": "fake",
+    body = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1, "model": "fake-model",
             "choices": [{"index": 0, "delta": {"content": " word"}, "logprobs": None, "finish_reason": None}]}
     started = time.process_time()
     for _ in range(chunks):
@@ -157,10 +107,10 @@ async def measure(chunks: int) -> dict[str, float]:
     text = dumps(body)
     started = time.process_time()
     for _ in range(chunks):
-        encode_frame(text)
-    results["encode_frame"] = per_chunk_us(time.process_time() - started, chunks)
+        data_frame(text)
+    results["data_frame"] = per_chunk_us(time.process_time() - started, chunks)
 
-    frames = [encode_frame(text)] * chunks
+    encoded = [data_frame(text).encode()] * chunks
 
     async def receive() -> dict:
         await asyncio.Event().wait()  # the client never leaves
@@ -171,26 +121,24 @@ async def measure(chunks: int) -> dict[str, float]:
 
     async def bare_asgi() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        for frame in frames:
+        for frame in encoded:
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def as_payloads():
-        for _ in range(chunks):
-            yield text
+    async def as_frames():
+        for frame in encoded:
+            yield frame
 
     async def sse() -> None:
-        response = sse_response(as_payloads())
+        response = sse_response(as_frames(), ping_seconds=settings.sse_ping_seconds)
         await response({"type": "http", "method": "POST", "path": "/", "headers": []}, receive, send)
 
     results["bare ASGI send loop"] = await time_async(bare_asgi, chunks)
-    results["sse_response (sse-starlette) incl. encode_frame"] = await time_async(sse, chunks)
-
-    from server.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
+    results["sse_response (sse-starlette)"] = await time_async(sse, chunks)
 
     async def app(scope: dict, receive_: Any, send_: Any) -> None:
         await send_({"type": "http.response.start", "status": 200, "headers": []})
-        for frame in frames:
+        for frame in encoded:
             await send_({"type": "http.response.body", "body": frame, "more_body": True})
         await send_({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -27,12 +27,14 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.load import RequestRecord, check_loopback, run_level, summarize
+from bench.load import check_loopback, run_level, summarize
 from bench.roofline import roofline
 from bench.servers import (
-    REPO_ROOT, EngineConfig, ProcessProbe, Server, find_frontend_pid, free_port, launch,
+    REPO_ROOT, EngineConfig, ProcessProbe, Server, find_frontend_pid, launch,
     ours_command, stop, tree_cpu_s, vllm_command,
 )
+from tests.support.server import free_port, served_model, stop_server
+from tests.support.streams import StreamRecord
 
 PROMPTS = [
     "Explain in detail how a steam engine works, step by step.",
@@ -69,7 +71,7 @@ QUICK_PLAN = Plan(rounds=1, max_tokens=32, waves=1, min_requests=2, run_time_lim
 
 @dataclass
 class RunResult:
-    records: list[RequestRecord]
+    records: list[StreamRecord]
     wall_s: float
     frontend_cpu_s: float | None
     engine_cpu_s: float | None
@@ -98,7 +100,7 @@ class HttpContestant:
     def alive(self) -> bool:
         return self.server.process is None or self.server.process.poll() is None
 
-    def run(self, concurrency: int, requests: int, max_tokens: int, time_limit_s: float) -> tuple[list[RequestRecord], float]:
+    def run(self, concurrency: int, requests: int, max_tokens: int, time_limit_s: float) -> tuple[list[StreamRecord], float]:
         return asyncio.run(
             run_level(
                 self.server.base_url, model=self.server.model, prompts=self.prompts,
@@ -152,7 +154,7 @@ class DirectContestant:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-20000:]
 
-    def run(self, concurrency: int, requests: int, max_tokens: int, time_limit_s: float) -> tuple[list[RequestRecord], float]:
+    def run(self, concurrency: int, requests: int, max_tokens: int, time_limit_s: float) -> tuple[list[StreamRecord], float]:
         assert self.process.stdin is not None
         command = {
             "cmd": "run", "prompt_ids": self.prompt_ids, "concurrency": concurrency,
@@ -161,7 +163,7 @@ class DirectContestant:
         self.process.stdin.write(json.dumps(command) + "\n")
         self.process.stdin.flush()
         reply = self._read(time.monotonic() + time_limit_s + 60)
-        return [RequestRecord(**record) for record in reply["records"]], reply["wall_s"]
+        return [StreamRecord(**record) for record in reply["records"]], reply["wall_s"]
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -170,7 +172,7 @@ class DirectContestant:
             self.process.stdin.flush()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=30)
-        stop(Server(name="direct", base_url="http://127.0.0.1:0", model="", process=self.process))
+        stop_server(self)
         self._log.close()
 
 
@@ -462,7 +464,7 @@ def target_existing(url: str, model: str | None, plan: Plan, log: Any, frontend_
     """Our server already running at `url` (the smoke test's): ours alone, no vLLM to compare."""
     check_loopback(url)
     if model is None:
-        model = httpx.get(url + "/v1/models", timeout=10, trust_env=False).json()["data"][0]["id"]
+        model = served_model(url.rstrip("/"))
     server = Server(name="ours", base_url=url.rstrip("/"), model=model)
     server.frontend_pid = frontend_pid or find_frontend_pid(server.port)
     results = run_rounds([HttpContestant(server, PROMPTS)], plan, log)

@@ -1,9 +1,10 @@
-"""The load generator: a bounded closed loop of streaming chat requests, and its statistics.
+"""The benchmark's load: a bounded closed loop of identical streaming chat requests, and its statistics.
 
 `run_level` keeps `concurrency` requests in flight until `requests` have been sent, over one
-keep-alive httpx client, and times every request on the client side:
+keep-alive httpx client, with the tests' one load generator (`tests/support/streams.py`), which
+times every request on the client side:
 
-- TTFT: request sent → first SSE chunk with non-empty `delta.content` (a role-only chunk or a
+- TTFT: request sent → first SSE chunk with non-empty content (a role-only chunk or a
   `: keep-alive` comment does not count: our server sends those before the engine answers,
   vLLM's does not);
 - ITL: the gaps between consecutive content chunks, pooled over all requests;
@@ -18,14 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+from tests.support.streams import StreamRecord, closed_loop, read_stream
 
 STOP_STRINGS = ["</s>", "USER:"]  # what our server always adds (R10); vLLM is sent the same
 
@@ -57,73 +58,6 @@ def chat_body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
     }
 
 
-@dataclass
-class RequestRecord:
-    ok: bool = False
-    status: int | None = None
-    error: str | None = None
-    ttft_s: float | None = None
-    e2e_s: float | None = None
-    completion_tokens: int = 0
-    prompt_tokens: int = 0
-    content_chunks: int = 0
-    first_content: float | None = None
-    last_content: float | None = None
-    gaps_s: list[float] = field(default_factory=list)
-
-    @property
-    def tpot_s(self) -> float | None:
-        if self.first_content is None or self.last_content is None or self.completion_tokens < 2:
-            return None
-        return (self.last_content - self.first_content) / (self.completion_tokens - 1)
-
-    def note_content(self, started: float) -> None:
-        """A chunk with content arrived: first one sets TTFT, later ones add an inter-chunk gap."""
-        now = time.perf_counter()
-        self.content_chunks += 1
-        if self.last_content is None:
-            self.first_content = now
-            self.ttft_s = now - started
-        else:
-            self.gaps_s.append(now - self.last_content)
-        self.last_content = now
-
-
-async def stream_one(client: httpx.AsyncClient, body: dict[str, Any], timeout_s: float) -> RequestRecord:
-    record = RequestRecord()
-    started = time.perf_counter()
-    try:
-        async with client.stream("POST", "/v1/chat/completions", json=body, timeout=timeout_s) as response:
-            record.status = response.status_code
-            if response.status_code != 200:
-                record.error = (await response.aread()).decode(errors="replace")[:300]
-                return record
-            async for line in response.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line[6:]
-                if data == "[DONE]":
-                    record.ok = record.error is None
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    record.error = json.dumps(chunk["error"])[:300]
-                    continue
-                usage = chunk.get("usage")
-                if usage:
-                    record.completion_tokens = usage.get("completion_tokens") or 0
-                    record.prompt_tokens = usage.get("prompt_tokens") or 0
-                for choice in chunk.get("choices") or ():
-                    if (choice.get("delta") or {}).get("content"):
-                        record.note_content(started)
-    except (httpx.HTTPError, asyncio.TimeoutError, json.JSONDecodeError) as error:
-        record.error = f"{type(error).__name__}: {error}"[:300]
-    record.e2e_s = time.perf_counter() - started
-    if record.ok and not record.completion_tokens:
-        record.completion_tokens = record.content_chunks  # a server without include_usage
-    return record
-
-
 async def run_level(
     base_url: str,
     *,
@@ -134,35 +68,30 @@ async def run_level(
     max_tokens: int,
     time_limit_s: float,
     request_timeout_s: float = 300.0,
-) -> tuple[list[RequestRecord], float]:
+) -> tuple[list[StreamRecord], float]:
     """`requests` streaming chats, `concurrency` at a time; returns the records and the wall time."""
     check_loopback(base_url)
     deadline = time.monotonic() + time_limit_s
-    records: list[RequestRecord] = []
-    issued = 0
+    records: list[StreamRecord] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     async with httpx.AsyncClient(base_url=base_url, limits=limits, trust_env=False, timeout=request_timeout_s) as client:
 
-        async def worker() -> None:
-            nonlocal issued
-            while issued < requests and time.monotonic() < deadline:
-                index = issued
-                issued += 1
-                body = chat_body(model, prompts[index % len(prompts)], max_tokens)
-                left = max(1.0, min(request_timeout_s, deadline - time.monotonic()))
-                records.append(await stream_one(client, body, left))
+        async def one(index: int) -> None:
+            body = chat_body(model, prompts[index % len(prompts)], max_tokens)
+            left = max(1.0, min(request_timeout_s, deadline - time.monotonic()))
+            record = StreamRecord()
+            try:
+                await asyncio.wait_for(read_stream(client, "/v1/chat/completions", body, record), left)
+            except asyncio.TimeoutError:
+                record.error = f"TimeoutError: no end in {left:.0f} s"
+            records.append(record)
 
-        started = time.perf_counter()
-        tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
         try:
-            await asyncio.wait_for(asyncio.gather(*tasks), timeout=time_limit_s + 5)
+            wall = await closed_loop(one, concurrency=concurrency, max_requests=requests, time_limit_s=time_limit_s)
         except asyncio.TimeoutError:
-            records.append(RequestRecord(error="level time limit reached"))
-        finally:
-            for task in tasks:
-                task.cancel()
-        wall = time.perf_counter() - started
+            records.append(StreamRecord(error="level time limit reached"))
+            wall = time.monotonic() - (deadline - time_limit_s)
     return records, wall
 
 
@@ -179,7 +108,7 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def summarize(records: list[RequestRecord], wall_s: float, max_tokens: int) -> dict[str, Any]:
+def summarize(records: list[StreamRecord], wall_s: float, max_tokens: int) -> dict[str, Any]:
     """Client-side figures for one run (or several runs' records pooled, with their summed wall)."""
     good = [r for r in records if r.ok]
     tokens = sum(r.completion_tokens for r in good)

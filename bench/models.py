@@ -14,13 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.servers import REPO_ROOT
+from server.engine.default_model import SERVED_NAME as DEFAULT_SERVED_NAME  # noqa: F401 - bench names it here
+from tests.support.server import REPO_ROOT
 
 SHARED_DIR = Path(os.environ.get("AIROBOROS_SHARED_DIR", REPO_ROOT.parent / "shared"))
 NEOX_TOKENIZER = Path(
     os.environ.get("AIROBOROS_NEOX_TOKENIZER", SHARED_DIR / "data" / "gpt-neox-20b-tokenizer.json")
 )
-DEFAULT_SERVED_NAME = "smollm2-135m-instruct"
 TINY_MPT_NAME = "tiny-mpt"
 
 

@@ -2,8 +2,9 @@
 
 `EngineConfig` is everything that shapes the engine (model, dtype, context, KV cache, batch
 size, eager or compiled, preloaded libraries); `ours_command` and `vllm_command` turn one config
-into each server's flags, so the two cannot drift apart. Each server runs in its own process
-group (cleanup reaches its engine children) with its log in a file.
+into each server's flags, so the two cannot drift apart. They are started, awaited and stopped
+by the tests' one launcher (`tests/support/server.py`): each in its own process group (cleanup
+reaches its engine children) with its log in a file.
 
 The front end is the process that listens on the server's port (uvicorn + the API code); vLLM's
 engine core and worker are its children. `ProcessProbe` reads the front end's CPU time and RSS
@@ -14,29 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psutil
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.server import REPO_ROOT, serve_command, start_process, stop_server
+
 BENCH_DIR = REPO_ROOT / "bench"
 CHAT_TEMPLATE = BENCH_DIR / "airoboros.jinja"
 START_TIMEOUT_S = 600.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -74,9 +66,7 @@ class EngineConfig:
 
 
 def ours_command(config: EngineConfig, port: int) -> list[str]:
-    command = [
-        sys.executable, "-m", "server", "serve",
-        "--host", "127.0.0.1", "--port", str(port),
+    command = serve_command(
         "--dtype", config.dtype,
         "--max-model-len", str(config.max_model_len),
         "--cpu-kv-cache-gib", str(config.kv_cache_gib),
@@ -84,7 +74,8 @@ def ours_command(config: EngineConfig, port: int) -> list[str]:
         "--enforce-eager" if config.enforce_eager else "--no-enforce-eager",
         "--served-model-name", config.served_name,
         "--drain-timeout", "5",
-    ]
+        port=port,
+    )
     if not config.use_default_model:
         command += ["--model", str(config.model_dir)]
     return command
@@ -130,51 +121,20 @@ class Server:
 
 
 def launch(name: str, command: list[str], env: dict[str, str], port: int, model: str, ready_path: str, log_dir: Path) -> Server:
-    log_path = log_dir / f"{name}-{port}.log"
-    log_file = open(log_path, "wb")  # noqa: SIM115 - the child owns it until it exits
-    started = time.monotonic()
-    process = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-        start_new_session=True,
+    """Start a server and wait until `ready_path` and its model list answer 200."""
+    running = start_process(
+        command, port=port, env=env, log_path=log_dir / f"{name}-{port}.log", ready_path=ready_path,
+        also_ready=("/v1/models",), timeout=START_TIMEOUT_S,
     )
-    log_file.close()
-    server = Server(name=name, base_url=f"http://127.0.0.1:{port}", model=model, process=process, log_path=log_path)
+    server = Server(name=name, base_url=running.base_url, model=model, process=running.process, log_path=running.log_path)
     server.extra["command"] = command
-    try:
-        wait_ready(server, ready_path, time.monotonic() + START_TIMEOUT_S)
-    except BaseException:
-        stop(server)
-        raise
-    server.started_in_s = time.monotonic() - started
-    server.frontend_pid = find_frontend_pid(server.port, process.pid)
+    server.started_in_s = running.extra["started_in_s"]
+    server.frontend_pid = find_frontend_pid(server.port, running.process.pid)
     return server
 
 
-def wait_ready(server: Server, ready_path: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if server.process is not None and server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited with {server.process.returncode} while starting:\n{server.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(server.base_url + ready_path, timeout=2, trust_env=False).status_code == 200:
-                if httpx.get(server.base_url + "/v1/models", timeout=5, trust_env=False).status_code == 200:
-                    return
-        time.sleep(0.5)
-    raise TimeoutError(f"{server.name} not ready in time:\n{server.log_tail()}")
-
-
 def stop(server: Server, timeout: float = 30) -> None:
-    process = server.process
-    if process is None:
-        return
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=timeout)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=10)
+    stop_server(server, timeout)
 
 
 def find_frontend_pid(port: int, hint: int | None = None) -> int | None:

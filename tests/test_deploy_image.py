@@ -31,7 +31,7 @@ SETTING_VARIABLES = {f"AIROBOROS_{name.upper()}" for name in Settings.model_fiel
 
 
 def test_hadolint_passes() -> None:
-    check([venv_tool("hadolint"), "--config", HADOLINT_CONFIG, DOCKERFILE])
+    check([*venv_tool("hadolint"), "--config", HADOLINT_CONFIG, DOCKERFILE])
 
 
 def test_hadolint_config_fails_on_every_finding() -> None:

@@ -5,15 +5,18 @@ mount paths writable.
 No container runtime exists here, so bubblewrap (Debian's `bubblewrap`) plays the part: the host's
 root bound read-only, a tmpfs at each emptyDir mountPath of the rendered cpu Deployment, and the
 environment the pod gets (the Dockerfile's `cpu` stage ENV, then the ConfigMap).
+
+In the image the code and its Python environment are part of the read-only root. Here they are
+this checkout and its virtual environment: when one of them lies under a path the pod mounts an
+emptyDir on (a checkout under /tmp), it is bound back, read-only, on top of that mount, so the
+server still finds its code and nothing of the checkout becomes writable.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import httpx
@@ -27,7 +30,7 @@ from tests.support.deploy_tools import (
     render,
     server_container,
 )
-from tests.support.server import REPO_ROOT, RunningServer, free_port, stop_server, wait_until_ready
+from tests.support.server import REPO_ROOT, free_port, serve_command, start_process, stop_server
 
 pytestmark = pytest.mark.engine
 
@@ -50,8 +53,9 @@ def writable_paths(docs: list[dict]) -> list[str]:
     ]
 
 
-def bwrap_arguments(paths: list[str]) -> list[str]:
-    """A read-only root with a fresh tmpfs at each path (and nowhere else)."""
+def bwrap_arguments(paths: list[str], code: list[Path]) -> list[str]:
+    """A read-only root with a fresh tmpfs at each path (and nowhere else); each of `code` that a
+    tmpfs would hide is bound back, read-only, on top of it."""
     args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--die-with-parent"]
     for path in paths:
         parent = str(Path(path).parent)
@@ -61,7 +65,27 @@ def bwrap_arguments(paths: list[str]) -> list[str]:
             # Make the mount point inside a throw-away tmpfs over its parent, then put the parent
             # back to read-only so only `path` itself is writable, as in the pod.
             args += ["--tmpfs", parent, "--dir", path, "--tmpfs", path, "--remount-ro", parent]
+    for directory in code:
+        if hidden_by(directory, paths):
+            args += ["--ro-bind", str(directory), str(directory)]
     return args
+
+
+def hidden_by(directory: Path, paths: list[str]) -> bool:
+    return any(directory == Path(path) or Path(path) in directory.parents for path in paths)
+
+
+def code_directories() -> list[Path]:
+    """What the server runs from: the checkout and the Python environment (real paths)."""
+    return sorted({REPO_ROOT.resolve(), Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()})
+
+
+def test_a_checkout_under_a_writable_mount_is_bound_back_read_only() -> None:
+    paths = ["/tmp", "/var/cache/airoboros"]
+    args = bwrap_arguments(paths, [Path("/tmp/work/checkout"), Path("/opt/venv")])
+    assert args[-3:] == ["--ro-bind", "/tmp/work/checkout", "/tmp/work/checkout"]
+    assert "/opt/venv" not in args  # not under any mount: the read-only root already shows it
+    assert args.index("--ro-bind", 1) > args.index("/tmp")  # on top of the tmpfs, not under it
 
 
 def test_cpu_overlay_runs_with_a_read_only_root_filesystem() -> None:
@@ -79,21 +103,12 @@ def test_cpu_overlay_runs_with_a_read_only_root_filesystem() -> None:
 
     port = free_port()
     env = {**os.environ, **pod_environment(docs)}
-    command = [
-        bwrap, *bwrap_arguments(paths), "--chdir", str(REPO_ROOT),
-        sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port),
-    ]
-    log = tempfile.NamedTemporaryFile(prefix="airoboros-readonly-", suffix=".log", delete=False)
-    process = subprocess.Popen(
-        command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    server = RunningServer(process=process, port=port, log_path=Path(log.name))
+    command = [bwrap, *bwrap_arguments(paths, code_directories()), "--chdir", str(REPO_ROOT), *serve_command(port=port)]
+    server = start_process(command, port=port, env=env)
     try:
-        wait_until_ready(server)
-        model = httpx.get(f"{server.base_url}/v1/models", timeout=10).json()["data"][0]["id"]
         response = httpx.post(
             f"{server.base_url}/v1/chat/completions",
-            json={"model": model, "messages": [{"role": "user", "content": "Count to twenty."}], "max_tokens": 8},
+            json={"model": server.model, "messages": [{"role": "user", "content": "Count to twenty."}], "max_tokens": 8},
             timeout=120,
         )
         assert response.status_code == 200, response.text

@@ -8,27 +8,34 @@
   sending; the balancer's retry policy (tests/support/balancer.py) saves the requests that had not
   yet been answered. The test prints both counts.
 
-Loopback only, two replicas of the embedded default model, load bounded in count and time.
+Loopback only, two replicas, load bounded in count and time.
+
+The replicas are the real `airoboros-server serve` process (settings, signal handling, drain,
+readiness, exit status) on the fake engine (tests/support/fake_serve.py), which writes a token
+every 50 ms and starts in seconds: what is tested here is the server's behaviour toward a
+balancer and the balancer's policy, none of which lives in vLLM, and a replacement replica is
+ready in seconds instead of an engine start per step. The same drain on the real engine (in-flight
+streams finish, the engine shuts down, exit 0, no process left) is test_ops_exit.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 
 import httpx
 import pytest
 
 from tests.support.balancer import NGINX_INSTALL_HINT, Nginx, find_nginx
-from tests.support.server import RunningServer, launch_server, stop_server, wait_until_ready
-
-pytestmark = pytest.mark.engine
+from tests.support.fake_serve import fake_serve_command
+from tests.support.server import (
+    RunningServer, child_environment, free_port, served_model, start_process, stop_server, wait_until_ready,
+)
+from tests.support.streams import StreamRecord, closed_loop, read_stream
 
 REPLICAS = 2
 CONCURRENCY = 4
@@ -43,78 +50,16 @@ PROMPT = [{"role": "user", "content": "Count to twenty."}]
 # --- the client load ---------------------------------------------------------------------------
 
 
-@dataclass
-class Outcome:
-    started: float
-    ended: float = 0.0
-    status: int | None = None
-    upstreams: list[str] = field(default_factory=list)  # every replica nginx tried, in order
-    headers_at: float | None = None
-    saw_finish_reason: bool = False
-    saw_done: bool = False
-    error: str | None = None
-
-    @property
-    def kind(self) -> str:
-        if self.status != 200:
-            return "failed"  # no answer: connection error, or an error status
-        if self.error or not (self.saw_done and self.saw_finish_reason):
-            return "truncated"  # the stream started but did not reach its end
-        return "ok"
-
-    @property
-    def replica(self) -> str | None:
-        """The replica that answered (the last one tried)."""
-        return self.upstreams[-1] if self.upstreams else None
-
-
-async def stream_once(
-    client: httpx.AsyncClient, url: str, body: dict, outcome: Outcome | None = None
-) -> Outcome:
-    """One streaming request; `outcome` is filled in as it goes, so others can watch it."""
-    outcome = outcome or Outcome(started=time.monotonic())
-    try:
-        async with client.stream("POST", url, json=body) as response:
-            outcome.status = response.status_code
-            outcome.headers_at = time.monotonic()
-            outcome.upstreams = [
-                part.strip() for part in response.headers.get("x-upstream", "").split(",") if part.strip()
-            ]
-            if response.status_code != 200:
-                await response.aread()
-                outcome.error = f"HTTP {response.status_code}: {response.text[:200]}"
-                return outcome
-            async for line in response.aiter_lines():
-                if not line.startswith("data: "):
-                    continue  # blank separators and `: keep-alive` comments
-                data = line[len("data: "):]
-                if data == "[DONE]":
-                    outcome.saw_done = True
-                    continue
-                event = json.loads(data)
-                if "error" in event:
-                    outcome.error = f"error event: {event['error']}"
-                for choice in event.get("choices", []):
-                    if choice.get("finish_reason"):
-                        outcome.saw_finish_reason = True
-    except (httpx.HTTPError, json.JSONDecodeError) as error:
-        outcome.error = f"{type(error).__name__}: {error}"
-    finally:
-        outcome.ended = time.monotonic()
-    return outcome
-
-
 class Load:
     """CONCURRENCY clients streaming chat completions through the balancer until stopped."""
 
     def __init__(self, base_url: str, model: str) -> None:
         self.url = f"{base_url}/v1/chat/completions"
         self.body = {"model": model, "messages": PROMPT, "max_tokens": 24, "stream": True}
-        self.outcomes: list[Outcome] = []
+        self.outcomes: list[StreamRecord] = []
         self.stop = asyncio.Event()
-        self._deadline = time.monotonic() + LOAD_DEADLINE_S
 
-    async def run(self) -> list[Outcome]:
+    async def run(self) -> list[StreamRecord]:
         timeout = httpx.Timeout(60, connect=5)
         # A new connection per request. nginx's reload (our stand-in for an endpoint update)
         # closes the old workers' idle client connections, and a request sent down one at that
@@ -124,13 +69,15 @@ class Load:
         # keep-alive connections to the replicas.
         limits = httpx.Limits(max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-            await asyncio.gather(*(self._worker(client) for _ in range(CONCURRENCY)))
-        return self.outcomes
 
-    async def _worker(self, client: httpx.AsyncClient) -> None:
-        while not self.stop.is_set() and len(self.outcomes) < MAX_REQUESTS and time.monotonic() < self._deadline:
-            self.outcomes.append(outcome := Outcome(started=time.monotonic()))
-            await stream_once(client, self.url, self.body, outcome)
+            async def one(_: int) -> None:
+                self.outcomes.append(outcome := StreamRecord())  # visible to `open_on` while it runs
+                await read_stream(client, self.url, self.body, outcome)
+
+            await closed_loop(
+                one, concurrency=CONCURRENCY, max_requests=MAX_REQUESTS, time_limit_s=LOAD_DEADLINE_S, stop=self.stop
+            )
+        return self.outcomes
 
     async def wait_for(self, completed: int, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -139,37 +86,30 @@ class Load:
             await asyncio.sleep(0.1)
 
     def open_on(self, replica: str) -> int:
-        return sum(1 for o in self.outcomes if not o.ended and o.replica == replica)
+        """Streams under way on `replica`: answered by it (headers in) and not yet ended."""
+        return sum(1 for o in self.outcomes if o.ended is None and o.headers_at is not None and o.replica == replica)
 
 
-def summary(outcomes: list[Outcome]) -> dict:
-    kinds = Counter(o.kind for o in outcomes if o.ended)
+def summary(outcomes: list[StreamRecord]) -> dict:
+    kinds = Counter(o.kind for o in outcomes if o.ended is not None)
     return {
-        "requests": sum(1 for o in outcomes if o.ended),
+        "requests": sum(1 for o in outcomes if o.ended is not None),
         "ok": kinds["ok"],
         "failed": kinds["failed"],
         "truncated": kinds["truncated"],
-        "by_replica": dict(Counter(o.replica for o in outcomes if o.ended)),
+        "by_replica": dict(Counter(o.replica for o in outcomes if o.ended is not None)),
     }
 
 
-def problems(outcomes: list[Outcome]) -> list[str]:
-    return [f"{o.kind} via {o.upstreams}: {o.error}" for o in outcomes if o.ended and o.kind != "ok"][:20]
+def problems(outcomes: list[StreamRecord]) -> list[str]:
+    return [f"{o.kind} via {o.upstreams}: {o.error}" for o in outcomes if o.ended is not None and o.kind != "ok"][:20]
 
 
 # --- the fleet -----------------------------------------------------------------------------------
 
 
 class Fleet:
-    """Replicas of the server and the balancer in front of them.
-
-    Each replica runs on a core of its own (`extra["core"]`), all its processes, as a pod with a
-    cpuset would. Without that, vLLM's CPU auto-binding pins every engine worker to core 0, and
-    even with distinct workers a loaded replica's engine-core process spins on the other core:
-    a replacement's start (single-threaded Python imports) then starved for minutes beside the
-    replica serving the load alone on a 2-core machine. A replacement takes the core its
-    predecessor freed.
-    """
+    """Replicas of the server and the balancer in front of them."""
 
     def __init__(self, nginx: Nginx) -> None:
         self.nginx = nginx
@@ -179,27 +119,12 @@ class Fleet:
     def address(replica: RunningServer) -> str:
         return f"127.0.0.1:{replica.port}"
 
-    def free_cores(self, count: int) -> list[int]:
-        """`count` cores, the least used by live replicas first (distinct while there are enough)."""
-        usable = sorted(os.sched_getaffinity(0))
-        load = Counter(replica.extra["core"] for replica in self.replicas)
-        chosen = []
-        for _ in range(count):
-            # Ties go to the highest core: vLLM's auto-binding (the suite's other servers) takes the lowest.
-            core = min(usable, key=lambda c: (load[c], -c))
-            load[core] += 1
-            chosen.append(core)
-        return chosen
-
     def start_replicas(self, count: int) -> list[RunningServer]:
         """Start `count` replicas at once and wait until each is ready."""
         started = []
-        for core in self.free_cores(count):
-            replica = launch_server(env={**REPLICA_ENV, "VLLM_CPU_OMP_THREADS_BIND": str(core)}, wait_ready=False)
-            # Set before the interpreter spawns anything: its engine processes inherit it.
-            os.sched_setaffinity(replica.process.pid, {core})
-            replica.extra["core"] = core
-            started.append(replica)
+        for _ in range(count):
+            port = free_port()
+            started.append(start_process(fake_serve_command(port=port), port=port, env=child_environment(REPLICA_ENV), wait_ready=False))
         try:
             for replica in started:
                 wait_until_ready(replica)
@@ -235,7 +160,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def model_name(fleet: Fleet) -> str:
-    return httpx.get(f"{fleet.nginx.base_url}/v1/models", timeout=10).json()["data"][0]["id"]
+    return served_model(fleet.nginx.base_url)
 
 
 def ensure_replicas(fleet: Fleet, count: int) -> None:
@@ -261,16 +186,16 @@ def readiness(replica: RunningServer) -> int | str:
         return "refused"
 
 
-async def drain_witness(replica: RunningServer, model: str) -> Outcome:
+async def drain_witness(replica: RunningServer, model: str) -> StreamRecord:
     """A longer stream sent straight to a replica just before its SIGTERM: the drain must let it end."""
     body = {
         "model": model, "messages": PROMPT, "max_tokens": 48, "ignore_eos": True, "stream": True,
     }
     async with httpx.AsyncClient(timeout=httpx.Timeout(DRAIN_TIMEOUT_S + 30, connect=5)) as client:
-        return await stream_once(client, f"{replica.base_url}/v1/chat/completions", body)
+        return await read_stream(client, f"{replica.base_url}/v1/chat/completions", body)
 
 
-async def rolling_restart(fleet: Fleet, model: str) -> tuple[list[Outcome], list[dict]]:
+async def rolling_restart(fleet: Fleet, model: str) -> tuple[list[StreamRecord], list[dict]]:
     load = Load(fleet.nginx.base_url, model)
     load_task = asyncio.create_task(load.run())
     steps: list[dict] = []
@@ -337,14 +262,14 @@ def test_rolling_restart_loses_no_request(fleet: Fleet, model_name: str, capsys)
 # --- hard kill -------------------------------------------------------------------------------------
 
 
-async def hard_kill(fleet: Fleet, model: str) -> tuple[list[Outcome], RunningServer, float, int]:
+async def hard_kill(fleet: Fleet, model: str) -> tuple[list[StreamRecord], RunningServer, float, int]:
     load = Load(fleet.nginx.base_url, model)
     load_task = asyncio.create_task(load.run())
     try:
         await load.wait_for(20)
         victim = fleet.replicas[0]
         # Wait (bounded) for streams to be under way on the victim, so the kill has something to lose.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while load.open_on(Fleet.address(victim)) == 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         open_at_kill = load.open_on(Fleet.address(victim))
@@ -366,12 +291,13 @@ def test_hard_kill_loses_only_the_streams_in_flight_on_the_killed_replica(
     outcomes, victim, killed_at, open_at_kill = asyncio.run(hard_kill(fleet, model_name))
     killed = Fleet.address(victim)
     result = summary(outcomes)
-    after_kill = [o for o in outcomes if o.ended and o.started > killed_at]
-    lost = [o for o in outcomes if o.ended and o.kind != "ok"]
+    after_kill = [o for o in outcomes if o.ended is not None and o.started > killed_at]
+    lost = [o for o in outcomes if o.ended is not None and o.kind != "ok"]
     saved = [o for o in outcomes if o.kind == "ok" and len(o.upstreams) > 1 and o.upstreams[0] == killed]
     in_flight_on_killed = [
         o for o in outcomes
-        if o.replica == killed and o.headers_at is not None and o.headers_at < killed_at and o.ended > killed_at
+        if o.replica == killed and o.headers_at is not None and o.headers_at < killed_at
+        and o.ended is not None and o.ended > killed_at
     ]
     report = (
         f"\nSIGKILL of one of {REPLICAS} replicas under load: {result}\n"
@@ -386,6 +312,8 @@ def test_hard_kill_loses_only_the_streams_in_flight_on_the_killed_replica(
         print(report)
         for line in problems(outcomes):
             print(f"  {line}")
+    # The kill hit streams under way (else nothing below could fail, and the test would prove nothing).
+    assert open_at_kill >= 1 and in_flight_on_killed, report
     # What is lost is exactly what no balancer can save: responses already under way.
     assert all(o.kind == "truncated" and o.replica == killed for o in lost), problems(outcomes)
     assert len(lost) <= len(in_flight_on_killed)

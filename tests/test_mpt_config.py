@@ -133,28 +133,58 @@ def test_logit_scale_inv_sqrt_d_model_is_resolved():
     assert spec.logit_scale == pytest.approx(7168**-0.5)
 
 
-def test_register_makes_vllm_and_autoconfig_use_our_mpt(tmp_path):
-    # In a child process: registration replaces AutoConfig's "mpt" class for that process.
-    directory = write_config(tmp_path, mosaicml_config(TinyMpt()))
+@pytest.fixture(scope="module")
+def in_a_vllm_process(tmp_path_factory) -> dict:
+    """What a fresh process with vLLM reports: after `register` (twice), the config class
+    AutoConfig picks for a tiny MPT and the MPT architectures vLLM's registry lists; our vLLM
+    MPT-30B module built on the meta device, counted; and what vLLM's engine configuration makes
+    of a checkpoint with an option we refuse. One child process (vLLM's import is most of
+    its cost) for both tests: registration replaces AutoConfig's "mpt" class, and the meta build
+    sets up vLLM's distributed state, for the rest of that process."""
+    tiny = write_config(tmp_path_factory.mktemp("tiny"), mosaicml_config(TinyMpt()))
+    big = write_config(tmp_path_factory.mktemp("mpt30b"), {**mosaicml_config(MPT_30B), "torch_dtype": "bfloat16"})
+    prefix_lm = write_config(
+        tmp_path_factory.mktemp("prefix-lm"), with_changes(mosaicml_config(TinyMpt()), attn_config__prefix_lm=True)
+    )
     script = textwrap.dedent(
         f"""
         import json, server.models as models
         models.register(); models.register()  # idempotent
         from transformers import AutoConfig
         from vllm import ModelRegistry
-        config = AutoConfig.from_pretrained({str(directory)!r}, trust_remote_code=False)
-        print(json.dumps({{
+        from tests.support.tiny_mpt import vllm_parameter_count_on_meta
+        config = AutoConfig.from_pretrained({str(tiny)!r}, trust_remote_code=False)
+        report = {{
             "config": type(config).__name__,
             "archs": [a for a in ModelRegistry.get_supported_archs() if a.lower() == "mptforcausallm"],
-        }}))
+        }}
+        report["mpt30b_parameters"] = vllm_parameter_count_on_meta({str(big)!r})
+        from vllm.engine.arg_utils import EngineArgs
+        try:  # what an engine start does first with a checkpoint: its configuration
+            EngineArgs(model={str(prefix_lm)!r}, skip_tokenizer_init=True, enforce_eager=True).create_engine_config()
+            report["prefix_lm_refusal"] = None
+        except Exception as error:
+            report["prefix_lm_refusal"] = f"{{type(error).__name__}}: {{error}}"
+        print(json.dumps(report))
         """
     )
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    reported = json.loads(result.stdout.strip().splitlines()[-1])
-    assert reported == {"config": "MptCheckpointConfig", "archs": ["MPTForCausalLM", "MptForCausalLM"]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_register_makes_vllm_and_autoconfig_use_our_mpt(in_a_vllm_process):
+    assert in_a_vllm_process["config"] == "MptCheckpointConfig"
+    assert in_a_vllm_process["archs"] == ["MPTForCausalLM", "MptForCausalLM"]
+
+
+def test_an_unsupported_option_stops_vllms_engine_configuration_naming_it(in_a_vllm_process):
+    # The first thing an engine start does; the server's side of a failed start (it dies with the
+    # error in its log) is test_startup.py's.
+    refusal = in_a_vllm_process["prefix_lm_refusal"]
+    assert refusal is not None and "MPT config attn_config.prefix_lm=True is not supported" in refusal, refusal
 
 
 # --- unsupported options --------------------------------------------------------------------
@@ -228,16 +258,9 @@ def test_tensor_parallel_slices_cover_the_slopes_in_head_order():
 
 
 def test_mpt30b_parameter_count_matches_transformers_on_meta():
-    from transformers import MptConfig, MptForCausalLM
+    from transformers import MptForCausalLM
 
-    config = MptConfig(
-        d_model=MPT_30B.d_model,
-        n_heads=MPT_30B.n_heads,
-        n_layers=MPT_30B.n_layers,
-        expansion_ratio=4,
-        max_seq_len=MPT_30B.max_seq_len,
-        vocab_size=MPT_30B.vocab_size,
-    )
+    config = MPT_30B.transformers_config()
     with torch.device("meta"):
         reference = MptForCausalLM(config)
     counted = sum(param.numel() for param in reference.parameters())
@@ -246,14 +269,5 @@ def test_mpt30b_parameter_count_matches_transformers_on_meta():
     assert (spec.head_dim, spec.ffn_hidden_size, spec.max_seq_len) == (112, 28672, 8192)
 
 
-def test_mpt30b_vllm_module_builds_on_meta_with_the_same_count(tmp_path):
-    directory = write_config(tmp_path, {**mosaicml_config(MPT_30B), "torch_dtype": "bfloat16"})
-    script = (
-        "from tests.support.tiny_mpt import vllm_parameter_count_on_meta\n"
-        f"print(vllm_parameter_count_on_meta({str(directory)!r}))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert int(result.stdout.strip().splitlines()[-1]) == MPT_30B_PARAMETERS
+def test_mpt30b_vllm_module_builds_on_meta_with_the_same_count(in_a_vllm_process):
+    assert in_a_vllm_process["mpt30b_parameters"] == MPT_30B_PARAMETERS

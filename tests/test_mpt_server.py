@@ -1,7 +1,8 @@
 """Our vLLM MPT, served over HTTP, computes what transformers' MptForCausalLM computes.
 
 Each case is a tiny random MPT checkpoint (fp32) written by tests/support/tiny_mpt.py; the real
-server serves it (`python -m server serve`, one server per case, started once for the module)
+server serves it (`python -m server serve`, one server per case, the next case's starting while
+the current case's tests run)
 and `/v1/completions` must return transformers' greedy tokens, token for token for 32 tokens
 with EOS ignored, and the same logprob for each within LOGPROB_ATOL.
 
@@ -17,18 +18,19 @@ move them by 7-12 and change the greedy text.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.server import RunningServer, launch_server, running_server, stop_server
+from tests.support.golden_cases import GOLDEN_CASES
+from tests.support.server import RunningServer, launch_server, stop_server, wait_until_ready
 from tests.support.tiny_mpt import TinyMpt, build_reference, make_tiny_mpt, reference_greedy
 
 MAX_TOKENS = 32
 LOGPROB_ATOL = 1e-3
+G1_NEOX_TAIL = [21893, 6905, 5656, 27, 209]  # " ASS", "IST", "ANT", ":", " "
 PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):",
@@ -71,29 +73,85 @@ class TinyCase:
     references: list[Reference]
 
 
+def checkpoint_name(case: str) -> str:
+    return f"tiny-mpt-{case.replace('_', '-')}"
+
+
 @pytest.fixture(scope="module")
-def tiny(request, tmp_path_factory, neox_tokenizer_file) -> TinyCase:
-    """A tiny checkpoint for `request.param` and transformers' greedy answers to PROMPTS."""
+def checkpoints(tmp_path_factory, neox_tokenizer_file) -> dict[str, tuple[Path, object]]:
+    """Every case's tiny checkpoint and its transformers model, written up front (seconds), so
+    the next case's server can start while the current one's tests run."""
+    return {
+        case: make_tiny_mpt(tmp_path_factory.mktemp(case) / checkpoint_name(case), neox_tokenizer_file, **options)
+        for case, (options, _, _) in CASES.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny(request, checkpoints) -> TinyCase:
+    """`request.param`'s tiny checkpoint and transformers' greedy answers to PROMPTS."""
     from transformers import PreTrainedTokenizerFast
 
     case = request.param
-    options, _, _ = CASES[case]
-    name = f"tiny-mpt-{case.replace('_', '-')}"
-    directory, model = make_tiny_mpt(tmp_path_factory.mktemp(case) / name, neox_tokenizer_file, **options)
+    directory, model = checkpoints[case]
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
     references = []
     for prompt in PROMPTS:
         prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
         references.append(Reference(prompt_ids, *reference_greedy(model, prompt_ids, MAX_TOKENS)))
-    return TinyCase(name, directory, references)
+    return TinyCase(checkpoint_name(case), directory, references)
+
+
+class CaseServers:
+    """The cases' servers, at most two alive: the one under test, and the next case's, starting
+    while the current one's tests run (an engine start is most of a case's time)."""
+
+    def __init__(self, checkpoints: dict[str, tuple[Path, object]]) -> None:
+        self.checkpoints = checkpoints
+        self.started: dict[str, RunningServer] = {}
+
+    def _launch(self, case: str) -> None:
+        directory, _ = self.checkpoints[case]
+        _, flags, env = CASES[case]
+        # No --max-model-len: the checkpoint's max_seq_len must set it.
+        self.started[case] = launch_server("--model", str(directory), "--dtype", "float32", *flags, env=env, wait_ready=False)
+
+    def ready(self, case: str) -> RunningServer:
+        if case not in self.started:
+            self._launch(case)
+        following = [c for c in list(CASES)[list(CASES).index(case) + 1:] if c not in self.started]
+        if following and len(self.started) < 2:
+            self._launch(following[0])
+        server = self.started[case]
+        try:
+            wait_until_ready(server)
+        except BaseException:
+            self.stop(case)
+            raise
+        return server
+
+    def stop(self, case: str) -> None:
+        stop_server(self.started.pop(case))
+
+    def close(self) -> None:
+        for case in list(self.started):
+            self.stop(case)
 
 
 @pytest.fixture(scope="module")
-def served(tiny: TinyCase, request) -> RunningServer:
-    """The real server on `tiny`'s checkpoint; no --max-model-len: max_seq_len must set it."""
-    _, flags, env = CASES[request.param]
-    with running_server("--model", str(tiny.directory), "--dtype", "float32", *flags, env=env) as server:
-        yield server
+def case_servers(checkpoints):
+    servers = CaseServers(checkpoints)
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+@pytest.fixture(scope="module")
+def served(tiny: TinyCase, request, case_servers: CaseServers) -> RunningServer:
+    """The real server on `tiny`'s checkpoint."""
+    yield case_servers.ready(request.param)
+    case_servers.stop(request.param)
 
 
 def complete(server: RunningServer, model: str, prompts: list[str]) -> list[dict]:
@@ -150,6 +208,20 @@ def test_max_seq_len_becomes_the_context_limit(tiny: TinyCase, served: RunningSe
     assert response.json()["error"]["code"] == "context_length_exceeded"
 
 
+@pytest.mark.engine
+@both_fixtures("plain_mosaicml_dialect")
+def test_g1_renders_to_the_44_gpt_neox_ids(tiny: TinyCase, served: RunningServer):
+    # The airoboros prompt of golden case G1 in MPT's own (GPT-NeoX) tokenizer, as the server renders it.
+    response = httpx.post(
+        served.base_url + "/v1/chat/render", json={"model": tiny.name, "messages": GOLDEN_CASES[0].messages}, timeout=60
+    )
+    body = response.json()
+    assert body["prompt"] == GOLDEN_CASES[0].prompt
+    assert body["num_tokens"] == 44
+    assert body["token_ids"][-5:] == G1_NEOX_TAIL
+    assert body["max_model_len"] == 512  # the checkpoint's max_seq_len drives the context
+
+
 @pytest.mark.parametrize("tiny", list(CASES), indirect=True)
 def test_reference_greedy_text_varies(tiny: TinyCase):
     # A reference stuck on one token would make "token for token" a weak claim.
@@ -169,14 +241,3 @@ def test_each_option_changes_the_reference(option, neox_tokenizer_file):
     both_tokens, _ = reference_greedy(build_reference(TinyMpt(**options)), prompt_ids, MAX_TOKENS)
     without_tokens, _ = reference_greedy(build_reference(TinyMpt(**without)), prompt_ids, MAX_TOKENS)
     assert both_tokens != without_tokens
-
-
-@pytest.mark.engine
-def test_unsupported_option_stops_server_start_naming_it(tmp_path, neox_tokenizer_file):
-    directory, _ = make_tiny_mpt(tmp_path / "tiny-mpt-prefix-lm", neox_tokenizer_file, dialect="mosaicml")
-    config = json.loads((directory / "config.json").read_text())
-    config["attn_config"]["prefix_lm"] = True
-    (directory / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RuntimeError, match="exited") as raised:
-        stop_server(launch_server("--model", str(directory), "--dtype", "float32"))
-    assert "MPT config attn_config.prefix_lm=True is not supported" in str(raised.value)

@@ -15,24 +15,15 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support.openai_schema import OpenAISchemas
 from tests.support.app import build_app
-from tests.support.server import running_server
+from tests.support.fake_engine import FakeAsyncLLM
+from tests.support.inprocess import FAKE_MODEL, serving_fake
+from tests.support.openai_schema import OpenAISchemas
 
 pytestmark = pytest.mark.engine
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 LEAK = re.compile(r"Traceback|File \"|/work/|/root/|/home/|site-packages|0x[0-9a-f]{6,}")
-
-
-@pytest.fixture(scope="module")
-def schemas(openai_openapi_file) -> OpenAISchemas:
-    return OpenAISchemas(openai_openapi_file)
-
-
-@pytest.fixture(scope="module")
-def client(default_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=default_server.openai_base_url, api_key="unused", max_retries=0)
 
 
 def assert_error_body(body: dict, schemas: OpenAISchemas, *, type: str, code: str | None = None, param=...) -> None:
@@ -185,24 +176,22 @@ def test_unexpected_fault_is_500_without_internals(schemas):
 
 
 # --- an error after the stream began --------------------------------------------------------
+#
+# A request that outlives `request_timeout` (2 s): the server's own deadline, so these run in
+# process on a fake engine that never stops writing (tests/support/inprocess.py), through the
+# same app, socket and clients. test_ops_front_door.py checks that the engine request is aborted.
 
-
-# Greedy, this question gets a numbered list of "The capital of France is Paris." that never
-# writes a stop string; with EOS ignored the answer runs far past a 2 s request timeout.
-NEVER_STOPS = {"temperature": 0, "ignore_eos": True}
+NEVER_STOPS = {"ignore_eos": True, "max_tokens": 4000}
 
 
 @pytest.fixture(scope="module")
 def impatient_server():
-    with running_server("--request-timeout", "2") as server:
+    with serving_fake(FakeAsyncLLM(token_delay_s=0.01), request_timeout=2) as server:
         yield server
 
 
 def test_error_after_stream_start_is_an_error_event_then_done(impatient_server, schemas):
-    body = {
-        "model": "smollm2-135m-instruct", "messages": QUESTION, "stream": True,
-        "max_tokens": 4000, **NEVER_STOPS,
-    }
+    body = {"model": FAKE_MODEL, "messages": QUESTION, "stream": True, **NEVER_STOPS}
     with httpx.stream("POST", impatient_server.base_url + "/v1/chat/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
         raw = b"".join(response.iter_raw()).decode()
@@ -216,8 +205,7 @@ def test_error_after_stream_start_is_an_error_event_then_done(impatient_server, 
 def test_sdk_raises_on_an_error_event(impatient_server):
     client = openai.OpenAI(base_url=impatient_server.openai_base_url, api_key="unused", max_retries=0)
     stream = client.chat.completions.create(
-        model="smollm2-135m-instruct", messages=QUESTION, stream=True, max_tokens=4000,
-        extra_body=NEVER_STOPS,
+        model=FAKE_MODEL, messages=QUESTION, stream=True, max_tokens=4000, extra_body={"ignore_eos": True},
     )
     with pytest.raises(openai.APIError) as caught:
         for _ in stream:
@@ -246,7 +234,7 @@ def test_a_responses_stream_ends_with_the_error_event(impatient_server, schemas)
 def test_non_stream_timeout_is_a_clear_504(impatient_server, schemas):
     response = httpx.post(
         impatient_server.base_url + "/v1/chat/completions",
-        json={"model": "smollm2-135m-instruct", "messages": QUESTION, "max_tokens": 4000, **NEVER_STOPS},
+        json={"model": FAKE_MODEL, "messages": QUESTION, **NEVER_STOPS},
         timeout=60,
     )
     assert response.status_code == 504

@@ -1,8 +1,10 @@
 """schemathesis over the server's own /openapi.json: no 5xx and no response that breaks the schema.
 
-The server gets a 256-token context and small limits, so every request schemathesis invents,
-valid or not, is cheap to answer on two CPU cores. Bodies that name a model are pointed at the
-served one, so generation paths run too instead of stopping at a 404.
+It runs against the shared default server (the real engine). Bodies that name a model are
+pointed at the served one, so generation paths run too instead of stopping at a 404, and every
+generation is bounded to GENERATED_TOKENS tokens (a larger or missing `max_tokens` becomes that),
+so every request schemathesis invents, valid or not, is cheap to answer on two CPU cores; the
+default `max_tokens` path is checked in test_prompt_server.py.
 
 schemathesis's pytest plugin does not run on pytest 9, so each operation's hypothesis strategy
 is driven directly with `@given`, with the same checks `call_and_validate` would run.
@@ -23,12 +25,12 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.support.app import build_app
-from tests.support.server import running_server
 
 pytestmark = pytest.mark.engine
 
-MODEL = "fuzz-model"
 EXAMPLES_PER_OPERATION = 12
+GENERATED_TOKENS = 8
+GENERATING = ("/v1/chat/completions", "/v1/completions")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 # The operations, read from the app's router at collection time (no engine needed).
@@ -41,24 +43,28 @@ OPERATIONS = sorted(
 
 
 @pytest.fixture(scope="module")
-def fuzz_server():
-    with running_server(
-        "--served-model-name", MODEL, "--max-model-len", "256", "--max-n", "2",
-        "--default-max-tokens", "8", "--request-timeout", "30",
-    ) as server:
-        yield server
+def api_schema(default_server):
+    return schemathesis.openapi.from_url(default_server.base_url + "/openapi.json")
 
 
-@pytest.fixture(scope="module")
-def api_schema(fuzz_server):
-    return schemathesis.openapi.from_url(fuzz_server.base_url + "/openapi.json")
-
-
-def point_at_served_model(case) -> None:
+def point_at_served_model(case, model: str) -> None:
     if isinstance(case.body, dict) and "model" in case.body:
-        case.body["model"] = MODEL
+        case.body["model"] = model
     if case.path_parameters and "model_id" in case.path_parameters:
-        case.path_parameters["model_id"] = MODEL
+        case.path_parameters["model_id"] = model
+
+
+def bound_generation(case) -> None:
+    """At most GENERATED_TOKENS tokens per choice: a larger or missing max_tokens becomes that."""
+    if case.path not in GENERATING or not isinstance(case.body, dict):
+        return
+    asked = [case.body.get(key) for key in ("max_tokens", "max_completion_tokens")]
+    if all(value is None for value in asked):
+        case.body["max_tokens"] = GENERATED_TOKENS
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = case.body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > GENERATED_TOKENS:
+            case.body[key] = GENERATED_TOKENS
 
 
 # Invalid inputs exist only for operations that take a body (a string path parameter has none).
@@ -73,7 +79,7 @@ CASES = [
 @pytest.mark.parametrize(
     "method,path,mode", CASES, ids=[f"{m} {p} {'valid' if g is GenerationMode.POSITIVE else 'invalid'}" for m, p, g in CASES]
 )
-def test_operation_answers_within_its_schema(api_schema, fuzz_server, method, path, mode):
+def test_operation_answers_within_its_schema(api_schema, default_server, method, path, mode):
     operation = api_schema[path][method]
 
     @settings(
@@ -82,7 +88,8 @@ def test_operation_answers_within_its_schema(api_schema, fuzz_server, method, pa
     )
     @given(case=operation.as_strategy(generation_mode=mode))
     def answers_within_schema(case) -> None:
-        point_at_served_model(case)
-        case.call_and_validate(base_url=fuzz_server.base_url, timeout=60, checks=CHECKS)
+        point_at_served_model(case, default_server.model)
+        bound_generation(case)
+        case.call_and_validate(base_url=default_server.base_url, timeout=60, checks=CHECKS)
 
     answers_within_schema()

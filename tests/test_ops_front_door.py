@@ -1,9 +1,13 @@
 """Where clients and load balancers meet the server: start-up probes, API keys, admission,
 keep-alive comments, the request timeout and `--log-prompts`.
 
-One real server (embedded default model) with every guard on, watched from its first second:
-API keys from the environment and from a key file, `--max-inflight 4`, `--sse-ping-seconds
-0.2`, `--request-timeout 12`, `--log-prompts`.
+All of it is the server's own layers (lifecycle, middlewares, admission, SSE, the generation
+loop), so the server runs in process on a fake vLLM engine (tests/support/inprocess.py) that
+takes 1.5 s to load and half a second to a first token, behind a real socket and real clients,
+with every guard on and watched from its first second: API keys from the environment and from a
+key file, `max_inflight 4`, `sse_ping_seconds 0.2`, `request_timeout 2`, `log_prompts`. That the
+same guards hold on the real engine (the abort reaching vLLM, the warm-up generation) is what
+the live tests on the real server check: test_ops_requests.py, test_ops_exit.py.
 """
 
 from __future__ import annotations
@@ -18,16 +22,16 @@ import httpx
 import openai
 import pytest
 
+from tests.support.fake_engine import FakeAsyncLLM
+from tests.support.inprocess import InProcessServer, serving_fake
 from tests.support.load import metric_value, parse_sse_line, wait_for_metric
-from tests.support.server import START_TIMEOUT_S, RunningServer, launch_server, stop_server
-
-pytestmark = pytest.mark.engine
 
 ENV_KEY = "sk-ops-env-0123456789"
 FILE_KEY = "sk-ops-file-9876543210"
 BOUND = 4
-REQUEST_TIMEOUT_S = 12.0
+REQUEST_TIMEOUT_S = 2.0
 WARMED_LOG_LINE = "warm-up generation took"
+START_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -58,13 +62,13 @@ def _status(client: httpx.Client, path: str) -> tuple[int | str, dict | None]:
         return response.status_code, None
 
 
-def watch_startup(server: RunningServer) -> StartupTimeline:
+def watch_startup(server: InProcessServer) -> StartupTimeline:
     """Probe live and ready every 50 ms from launch until ready (bounded by the start budget)."""
     timeline = StartupTimeline()
     started = time.monotonic()
     with httpx.Client(base_url=server.base_url, timeout=2) as client:
         while time.monotonic() - started < START_TIMEOUT_S:
-            if server.process.poll() is not None:
+            if not server.running:
                 raise RuntimeError(f"server exited during start-up:\n{server.log_text()[-6000:]}")
             live, _ = _status(client, "/health/live")
             ready, body = _status(client, "/health/ready")
@@ -77,33 +81,31 @@ def watch_startup(server: RunningServer) -> StartupTimeline:
 
 
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory) -> tuple[RunningServer, StartupTimeline]:
+def guarded(tmp_path_factory) -> tuple[InProcessServer, StartupTimeline]:
     key_file = tmp_path_factory.mktemp("keys") / "api-keys"
     key_file.write_text(f"# one key per line\n\n{FILE_KEY}\n")
-    server = launch_server(
-        "--max-inflight", str(BOUND),
-        "--sse-ping-seconds", "0.2",
-        "--request-timeout", str(REQUEST_TIMEOUT_S),
-        "--log-prompts",
-        "--api-key-file", str(key_file),
+    llm = FakeAsyncLLM(load_delay_s=1.5, first_token_delay_s=0.5, token_delay_s=0.01)
+    with serving_fake(
+        llm,
+        max_inflight=BOUND,
+        sse_ping_seconds=0.2,
+        request_timeout=REQUEST_TIMEOUT_S,
+        log_prompts=True,
+        api_key_file=key_file,
         api_key=ENV_KEY,
         wait_ready=False,
-    )
-    try:
-        timeline = watch_startup(server)
-        yield server, timeline
-    finally:
-        stop_server(server)
+    ) as server:
+        yield server, watch_startup(server)
 
 
 @pytest.fixture(scope="module")
-def server(guarded) -> RunningServer:
+def server(guarded) -> InProcessServer:
     return guarded[0]
 
 
 @pytest.fixture(scope="module")
 def model(server) -> str:
-    return httpx.get(server.openai_base_url + "/models", headers=server.headers(), timeout=10).json()["data"][0]["id"]
+    return server.model
 
 
 def _chat(model: str, content: str, **extra) -> dict:
@@ -128,7 +130,9 @@ def test_ready_is_503_until_the_warm_up_generation_succeeded(guarded):
     before = timeline.probes[: timeline.probes.index(timeline.first_ready())]
     assert before, "the first probe was already ready: start-up was not observed"
     assert {p.ready for p in before} <= {503, "refused"}
-    assert any(p.ready == 503 and p.ready_body in ({"status": "loading"}, {"status": "warming"}) for p in before)
+    # The body names the phase: loading the model, then warming up (its first generation).
+    bodies = [p.ready_body for p in before if p.ready == 503]
+    assert bodies[0] == {"status": "loading"} and {"status": "warming"} in bodies, bodies
     assert timeline.first_ready().warmed_in_log, "ready before the warm-up generation finished"
 
 
@@ -141,15 +145,8 @@ def test_health_alias_answers_like_live(server):
 # --- API keys ---------------------------------------------------------------------------------
 
 
-def v1_routes() -> list[tuple[str, str]]:
-    """Every /v1 route the application declares, path parameters filled in."""
-    from prometheus_client import CollectorRegistry
-
-    from server.app import create_app
-    from server.metrics import Metrics
-    from server.settings import Settings
-
-    app = create_app(Settings(), metrics=Metrics(CollectorRegistry()))
+def v1_routes(app) -> list[tuple[str, str]]:
+    """Every /v1 route `app` declares, path parameters filled in."""
     routes = []
     for route in app.routes:
         path = getattr(route, "path", "")
@@ -173,21 +170,37 @@ BAD_CREDENTIALS = {
 }
 
 
-def _call(server: RunningServer, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
+@pytest.fixture(scope="module")
+def http(server) -> httpx.Client:
+    # No default headers: each call sends exactly the credentials it names.
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        yield client
+
+
+def _call(http: httpx.Client, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
     body = {"json": {}} if method == "POST" else {}
-    return httpx.request(method, server.base_url + path, headers=headers, timeout=10, **body)
+    return http.request(method, path, headers=headers, **body)
 
 
-def test_route_list_is_derived_from_the_app():
-    paths = {path for _, path in v1_routes()}
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/some-model", "/v1/chat/render"} <= paths
+def test_the_guarded_routes_are_every_v1_operation_the_server_describes(server):
+    # What the running server says it serves (its OpenAPI, fetched with a key), against the
+    # route list the two tests below walk: none of the server's /v1 operations is left out.
+    served = httpx.get(server.base_url + "/openapi.json", timeout=10).json()["paths"]
+    described = {
+        (method.upper(), re.sub(r"\{[^}]*\}", "some-model", path))
+        for path, operations in served.items() if path.startswith("/v1/")
+        for method in operations
+    }
+    walked = set(v1_routes(server.app))
+    assert described == walked
+    assert {("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/v1/models")} <= walked
 
 
-def test_every_v1_route_answers_401_without_a_valid_key(server):
+def test_every_v1_route_answers_401_without_a_valid_key(server, http):
     failures = []
-    for method, path in v1_routes():
+    for method, path in v1_routes(server.app):
         for case, headers in BAD_CREDENTIALS.items():
-            response = _call(server, method, path, headers)
+            response = _call(http, method, path, headers)
             error = response.json().get("error", {}) if response.headers.get("content-type", "").startswith("application/json") else {}
             if (
                 response.status_code != 401
@@ -201,9 +214,9 @@ def test_every_v1_route_answers_401_without_a_valid_key(server):
 
 
 @pytest.mark.parametrize("key", [ENV_KEY, FILE_KEY], ids=["environment key", "key-file key"])
-def test_every_v1_route_accepts_a_right_key(server, key):
-    for method, path in v1_routes():
-        response = _call(server, method, path, {"Authorization": f"Bearer {key}"})
+def test_every_v1_route_accepts_a_right_key(server, http, key):
+    for method, path in v1_routes(server.app):
+        response = _call(http, method, path, {"Authorization": f"Bearer {key}"})
         assert response.status_code != 401, f"{method} {path}: {response.text[:200]}"
 
 
@@ -221,7 +234,7 @@ def test_health_metrics_and_version_need_no_key(server, path):
 # --- admission --------------------------------------------------------------------------------
 
 
-async def _admission_burst(server: RunningServer, model: str) -> dict:
+async def _admission_burst(server: InProcessServer, model: str) -> dict:
     # Completions: no format stop string (USER:) can end a holder early and free its slot. The
     # holders ask for far more tokens than they will read: they keep their slots until the SDK call
     # has been answered, then hang up, so a fast machine cannot finish them first and let it in.
@@ -310,12 +323,12 @@ def test_admission_lets_exactly_the_bound_in_and_429s_the_rest(server, model):
 
 
 def test_keepalive_comments_flow_while_the_first_token_is_delayed(server, model):
-    # A long prompt: its prefill on CPU takes seconds, with no token to send meanwhile.
-    prompt = " ".join(f"word{i % 97}" for i in range(1000))
-    body = _chat(model, prompt, max_tokens=2, stream=True)
+    # A long prefill: a second with no token to send.
+    body = _chat(model, "Hello", max_tokens=2, stream=True)
     events = []
-    with httpx.stream("POST", server.openai_base_url + "/chat/completions", json=body,
-                      headers=server.headers(), timeout=60) as response:
+    with server.llm.paced(first_token_delay_s=1.0), httpx.stream(
+        "POST", server.openai_base_url + "/chat/completions", json=body, headers=server.headers(), timeout=60
+    ) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             event = parse_sse_line(line)
@@ -325,7 +338,7 @@ def test_keepalive_comments_flow_while_the_first_token_is_delayed(server, model)
     first_token = next(i for i, e in enumerate(events) if e.content)
     comments = [e for e in events[role:first_token] if e.comment is not None]
     assert events[0].comment == "keep-alive", "a comment goes out at once"
-    assert len(comments) >= 2, f"{len(comments)} comments in {events[first_token].at - events[role].at:.2f} s"
+    assert len(comments) >= 3, f"{len(comments)} comments in {events[first_token].at - events[role].at:.2f} s"
     assert {e.comment for e in comments} == {"keep-alive"}
     assert events[-1].is_done
 
@@ -333,7 +346,7 @@ def test_keepalive_comments_flow_while_the_first_token_is_delayed(server, model)
 # --- request timeout --------------------------------------------------------------------------
 
 
-async def _run_past_the_timeout(server: RunningServer, model: str) -> tuple:
+async def _run_past_the_timeout(server: InProcessServer, model: str) -> tuple:
     body = {"model": model, "prompt": "Once upon a time", "max_tokens": 4000, "ignore_eos": True}
     async with httpx.AsyncClient(base_url=server.openai_base_url, headers=server.headers(), timeout=60) as client:
 
@@ -368,10 +381,13 @@ def test_requests_past_the_request_timeout_are_stopped_with_a_clear_error(server
     assert events[-2].json()["error"]["code"] == "timeout"
     assert any(e.content for e in events), "the stream generated before it was stopped"
     for seconds in (plain_s, stream_s):
-        assert REQUEST_TIMEOUT_S <= seconds < REQUEST_TIMEOUT_S + 10
+        assert REQUEST_TIMEOUT_S <= seconds < REQUEST_TIMEOUT_S + 3
     # Both engine requests were aborted, not left generating their 4000 tokens.
-    met, value, _ = wait_for_metric(server.base_url, "vllm:num_requests_running", lambda v: v == 0, timeout=2)
-    assert met, f"{value} engine requests still running"
+    both = [request.request_id for request in server.llm.started[-2:]]
+    deadline = time.monotonic() + 2
+    while server.llm.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.llm.running == 0 and set(both) <= set(server.llm.aborted), (both, server.llm.aborted)
 
 
 # --- prompt logging ---------------------------------------------------------------------------

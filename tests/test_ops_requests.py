@@ -1,18 +1,16 @@
-"""One request's life as operations see it, on the shared default server: aborted when its
-client leaves, refused when its body is too large, traced by its X-Request-Id, counted in
-/metrics, carried on a keep-alive connection that outlives a load balancer's idle timeout. And
-the server's SIGUSR1 stack dump, for a start-up or request that seems stuck.
+"""One request's life as operations see it, on the shared default server (the real engine): its
+engine request aborted when its client leaves, its access-log line carrying the engine's token
+counts, counted in /metrics beside vLLM's own series. And the server's SIGUSR1 stack dump, for a
+start-up or request that seems stuck. Request ids, body limits and keep-alive, which never reach
+the engine, are checked in process: test_middleware.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import re
 import signal
-import socket
 import time
 
 import httpx
@@ -97,132 +95,7 @@ def test_dropping_a_non_streaming_request_aborts_its_engine_request(default_serv
     assert (line["status"], line["aborted"]) == (499, "disconnect")
 
 
-# --- body size limit --------------------------------------------------------------------------
-
-LIMIT = 4 * 1024 * 1024  # the default --max-body-bytes
-
-
-def _raw_exchange(port: int, request: bytes, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(request)
-        return _read_response(sock)
-
-
-def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"connection closed after {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = (headers.get(name.strip().lower(), "") + "," + value.strip()).lstrip(",")
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return status, headers, body
-
-
-def _assert_too_large(status: int, body: bytes) -> None:
-    assert status == 413
-    error = json.loads(body)["error"]
-    assert (error["type"], error["code"]) == ("invalid_request_error", "request_too_large")
-
-
-@engine
-def test_a_declared_content_length_over_the_limit_is_413_before_the_body_is_read(default_server):
-    # Headers only: the server answers without waiting for a single byte of the body.
-    request = (
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {1024 ** 3}\r\nX-Request-Id: ops-too-large\r\n\r\n"
-    ).encode()
-    status, headers, body = _raw_exchange(default_server.port, request)
-    _assert_too_large(status, body)
-    assert headers["x-request-id"] == "ops-too-large"  # once, not repeated
-
-
-@engine
-def test_a_chunked_body_over_the_limit_is_413_counted_while_reading(default_server, default_model_name):
-    payload = json.dumps(_chat(default_model_name, "x" * (LIMIT + 256 * 1024))).encode()
-
-    def chunks():
-        for start in range(0, len(payload), 64 * 1024):
-            yield payload[start:start + 64 * 1024]
-
-    response = httpx.post(default_server.base_url + "/v1/chat/completions", content=chunks(),
-                          headers={"Content-Type": "application/json"}, timeout=30)
-    assert response.request.headers["transfer-encoding"] == "chunked"
-    assert "content-length" not in response.request.headers
-    _assert_too_large(response.status_code, response.content)
-
-
-@engine
-def test_a_body_under_the_limit_is_not_refused(default_server, default_model_name):
-    body = _chat(default_model_name, "hello " * 10, max_tokens=1)
-    response = httpx.post(default_server.base_url + "/v1/chat/completions", json=body, timeout=60)
-    assert response.status_code == 200
-
-
-# --- request ids ------------------------------------------------------------------------------
-
-
-@engine
-def test_a_safe_request_id_is_echoed_and_names_the_completion(default_server, default_model_name):
-    request_id = "ops-trace_1.2:3"
-    response = httpx.post(default_server.base_url + "/v1/chat/completions",
-                          json=_chat(default_model_name, "Say hi.", max_tokens=2),
-                          headers={"X-Request-Id": request_id}, timeout=60)
-    assert response.headers["x-request-id"] == request_id
-    assert response.json()["id"] == f"chatcmpl-{request_id}"
-    with httpx.stream("POST", default_server.base_url + "/v1/completions",
-                      json={"model": default_model_name, "prompt": "Hi", "max_tokens": 2, "stream": True},
-                      headers={"X-Request-Id": request_id}, timeout=60) as stream:
-        ids = {e.json()["id"] for line in stream.iter_lines()
-               if (e := parse_sse_line(line)) and e.data and not e.is_done}
-    assert stream.headers["x-request-id"] == request_id
-    assert ids == {f"cmpl-{request_id}"}
-
-
-@engine
-def test_a_long_request_id_is_cut_to_128_characters(default_server):
-    sent = "a1" * 300
-    echoed = httpx.get(default_server.base_url + "/v1/models", headers={"X-Request-Id": sent}, timeout=10).headers["x-request-id"]
-    assert echoed == sent[:128]
-
-
-@engine
-def test_unsafe_characters_are_removed_from_a_request_id(default_server):
-    echoed = httpx.get(default_server.base_url + "/v1/models",
-                       headers={"X-Request-Id": 'evil id<script>"\\/;%'}, timeout=10).headers["x-request-id"]
-    assert echoed == "evilidscript"
-
-
-@engine
-def test_a_request_id_is_made_when_none_or_nothing_safe_is_sent(default_server):
-    made = [
-        httpx.get(default_server.base_url + "/v1/models", headers=headers, timeout=10).headers["x-request-id"]
-        for headers in ({}, {}, {"X-Request-Id": "<>"})
-    ]
-    assert all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in made), made
-    assert len(set(made)) == 3
-
-
-@engine
-def test_error_responses_carry_the_request_id(default_server):
-    base = default_server.base_url
-    not_found = httpx.get(base + "/nowhere", headers={"X-Request-Id": "ops-err-404"}, timeout=10)
-    bad_json = httpx.post(base + "/v1/chat/completions", content=b"{", headers={"X-Request-Id": "ops-err-400",
-                          "Content-Type": "application/json"}, timeout=10)
-    assert (not_found.status_code, not_found.headers["x-request-id"]) == (404, "ops-err-404")
-    assert (bad_json.status_code, bad_json.headers["x-request-id"]) == (400, "ops-err-400")
+# --- the access log (request ids, body limits: test_middleware.py, in process) ----------------
 
 
 @engine
@@ -291,17 +164,6 @@ def test_keep_alive_timeout_defaults_above_load_balancer_idle_timeouts():
     assert settings.keep_alive_timeout == 75
     assert config.timeout_keep_alive == 75  # AWS ALB and GCP default idle: 60 s; nginx upstream: 60 s
     assert config.timeout_graceful_shutdown == settings.drain_timeout + FLUSH_GRACE_S
-
-
-@engine
-def test_an_idle_connection_outlives_uvicorns_own_5_s_keep_alive(default_server):
-    request = b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", default_server.port), timeout=10) as sock:
-        sock.sendall(request)
-        assert _read_response(sock)[0] == 200
-        time.sleep(6.5)
-        sock.sendall(request)
-        assert _read_response(sock)[0] == 200
 
 
 @engine

@@ -1,10 +1,26 @@
-"""The README documents every setting and every endpoint the app really has."""
+"""The README promises what the server really has: each table against the code it describes.
+
+- Settings: one row per flag of `airoboros-server serve` (every `Settings` field but the
+  environment-only ones), no row for a flag that does not exist, and each default the table
+  states is the default the code applies.
+- Endpoints: one row per route the app serves, with its method, and no row for a route it lacks.
+- Request fields: each documented field is a field of the request model of each route it is
+  ticked for, and every request-model field is documented.
+- Errors: each error code the table names is one the server sends.
+- Set-up: the two commands it starts with are targets of the Makefile.
+"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import pytest
 from fastapi.routing import APIRoute
 
+from server.api.protocol import ChatCompletionRequest, CompletionRequest
 from server.cli import ENVIRONMENT_ONLY
+from server.engine.args import DEFAULT_CPU_KV_CACHE_GIB
 from server.settings import Settings
 from tests.support.app import build_app
 from tests.support.server import REPO_ROOT
@@ -12,21 +28,155 @@ from tests.support.server import REPO_ROOT
 README = (REPO_ROOT / "README.md").read_text()
 
 
-def test_every_setting_flag_is_documented():
-    missing = [
-        "--" + name.replace("_", "-")
-        for name in Settings.model_fields
-        if name not in ENVIRONMENT_ONLY and f"`--{name.replace('_', '-')}`" not in README
-    ]
-    assert not missing, f"README lacks these flags: {missing}"
+def table(heading: str) -> list[list[str]]:
+    """The rows (cells, stripped) of the first table after `heading`, header and rule left out."""
+    after = README[README.index(heading):]
+    lines = after.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    assert rows, f"no table after {heading!r}"
+    return rows
 
 
-def test_every_route_is_documented():
-    routes = [route for route in build_app().routes if isinstance(route, APIRoute)]
-    paths = {route.path_format.replace("{model_id}", "{id}") for route in routes}
-    missing = [path for path in sorted(paths) if f" {path}`" not in README]
-    assert not missing, f"README lacks these endpoints: {missing}"
+def ticks(cell: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", cell)
 
 
-def test_readme_shows_the_two_setup_commands():
+# --- settings -------------------------------------------------------------------------------
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def settings_rows() -> dict[str, str]:
+    """flag → default cell, for every flag the settings table names (`--host`, `--port` share a row)."""
+    rows = {}
+    for cells in table("## Settings"):
+        for name in ticks(cells[0]):
+            rows[name] = cells[1]
+    return rows
+
+
+def test_the_settings_table_has_a_row_for_every_flag_and_no_other():
+    flags = {flag(name) for name in Settings.model_fields if name not in ENVIRONMENT_ONLY}
+    documented = set(settings_rows())
+    assert not flags - documented, f"README lacks these flags: {sorted(flags - documented)}"
+    assert not documented - flags, f"README documents flags that do not exist: {sorted(documented - flags)}"
+
+
+def _stated(cell: str) -> str:
+    return cell.strip("`").split(" (")[0].strip()
+
+
+def expected_default(name: str) -> str | None:
+    """How the table should state `name`'s default, or None where it is described in words."""
+    default = Settings.model_fields[name].default
+    if name == "cpu_kv_cache_gib":
+        return str(DEFAULT_CPU_KV_CACHE_GIB)  # unset: the engine's environment default applies
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    if isinstance(default, (int, float, str)):
+        return str(default)
+    if isinstance(default, Path):
+        return str(default)
+    return None  # None / lists: "none", "the checkpoint's", "vLLM's"
+
+
+@pytest.mark.parametrize("name", [n for n in Settings.model_fields if n not in ENVIRONMENT_ONLY])
+def test_each_stated_default_is_the_codes(name):
+    rows = settings_rows()
+    cell = rows[flag(name)]
+    expected = expected_default(name)
+    if name in ("host", "port"):  # one row: "127.0.0.1, 8000"
+        assert [_stated(part) for part in cell.split(",")] == [str(Settings().host), str(Settings().port)]
+    elif expected is None:
+        assert not re.fullmatch(r"[0-9.]+|on|off", _stated(cell)), f"{flag(name)}: README states {cell!r}, the code has none"
+    else:
+        assert _stated(cell) == expected, f"{flag(name)}: README says {cell!r}, the code {expected!r}"
+
+
+def test_every_setting_has_the_environment_variable_the_readme_names():
+    assert "environment variable `AIROBOROS_<NAME>`" in README
+    assert Settings.model_config["env_prefix"] == "AIROBOROS_"
+    assert "`AIROBOROS_API_KEYS`" in README and "api_keys" in ENVIRONMENT_ONLY
+
+
+# --- endpoints ------------------------------------------------------------------------------
+
+
+def _any_parameter(path: str) -> str:
+    """A path with every parameter named alike: the README may name one for the reader."""
+    return re.sub(r"\{(\w+)(:\w+)?\}", "{id}", path)
+
+
+def served_routes() -> set[tuple[str, str]]:
+    app = build_app()
+    routes = set()
+    for route in app.routes:
+        methods = getattr(route, "methods", None) or set()
+        path = route.path_format if isinstance(route, APIRoute) else getattr(route, "path", "")
+        path = _any_parameter(path)
+        if path.startswith("/docs/oauth2") or path == "/redoc":
+            continue  # FastAPI's own helpers, not part of the API
+        routes |= {(method, path) for method in methods if method != "HEAD"}
+    return routes
+
+
+def test_the_endpoint_table_has_a_row_for_every_route_and_no_other():
+    documented = set()
+    for cells in table("## Endpoints"):
+        for entry in ticks(cells[0]):
+            method, path = entry.split(" ", 1)
+            documented.add((method, _any_parameter(path)))
+    served = served_routes()
+    assert not served - documented, f"README lacks these endpoints: {sorted(served - documented)}"
+    assert not documented - served, f"README documents endpoints the app lacks: {sorted(documented - served)}"
+
+
+# --- request fields ---------------------------------------------------------------------------
+
+
+def test_the_request_field_table_matches_the_request_models():
+    models = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
+    documented: dict[str, set[str]] = {"chat": set(), "completions": set()}
+    for cells in table("### Chat and completions request fields"):
+        names = [name.split(".")[0] for name in ticks(cells[0])]
+        for route, cell in zip(("chat", "completions"), cells[1:3]):
+            if not cell:
+                continue
+            # "✓", or the name of the one field of the row that this route takes.
+            taken = ticks(cell) or names
+            for name in taken:
+                assert name in models[route].model_fields, f"README: `{name}` for {route}, not a field of it"
+                documented[route].add(name)
+    for route, model in models.items():
+        missing = set(model.model_fields) - documented[route]
+        assert not missing, f"README's field table lacks {route} fields {sorted(missing)}"
+
+
+# --- errors and set-up ------------------------------------------------------------------------
+
+
+def test_every_error_code_the_table_names_is_sent_by_the_server():
+    sources = "\n".join(path.read_text() for path in [*(REPO_ROOT / "server").rglob("*.py"), *(REPO_ROOT / "prompt_formats").rglob("*.py")])
+    codes = set()
+    for cells in table("### Errors"):
+        kinds = cells[2].split("/", 1)
+        codes |= {code for code in ticks(kinds[1] if len(kinds) > 1 else "")}
+    assert {"invalid_api_key", "request_too_large", "server_busy", "timeout", "unavailable"} <= codes
+    unsent = [code for code in sorted(codes) if f'"{code}"' not in sources]
+    assert not unsent, f"README names error codes the server never sends: {unsent}"
+
+
+def test_the_two_setup_commands_are_makefile_targets():
     assert "make serve" in README and "make test" in README
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    for target in ("serve", "test"):
+        assert re.search(rf"^{target}:", makefile, re.MULTILINE), f"the Makefile has no `{target}` target"

@@ -15,11 +15,6 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def client(default_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=default_server.openai_base_url, api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
 def async_client(default_server) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=default_server.openai_base_url, api_key="unused", max_retries=0)
 

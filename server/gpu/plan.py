@@ -218,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
 def check_at_start(settings: Any, model_dir: Path, gpu: Gpu | None) -> None:
     """On a GPU host (`gpu`, from `server.engine.platform.current_gpu`), refuse a hopeless MPT
     configuration before vLLM tries (and fails obscurely)."""
+    if gpu is None:
+        return
     config = json.loads((Path(model_dir) / "config.json").read_text())
-    if gpu is None or config.get("model_type") != "mpt":
+    if config.get("model_type") != "mpt":
         return
     from server.models.mpt_config import MptSpec
 

@@ -40,11 +40,18 @@ KUBERNETES_VERSIONS = tuple(f"1.{minor}.0" for minor in range(29, 38))
 INSTALL_HINT = "run `make deploy-tools` (installs deploy/requirements-checks.txt into .venv-deploy)"
 
 
-def venv_tool(name: str) -> Path:
+def venv_tool(name: str) -> list[str]:
+    """The command that runs the deploy venv's `name`. A Python script is run by the venv's
+    interpreter: a script installed verbatim (checkov's) keeps a `#!/path/python` line that the
+    kernel cannot run when the checkout's path has a space in it."""
     path = DEPLOY_VENV / "bin" / name
     if not path.exists():
         pytest.fail(f"{path} is missing: {INSTALL_HINT}", pytrace=False)
-    return path
+    with open(path, "rb") as script:
+        first_line = script.readline()
+    if first_line.startswith(b"#!") and b"python" in first_line:
+        return [str(DEPLOY_VENV / "bin" / "python"), str(path)]
+    return [str(path)]
 
 
 def _kustomize_major(kubectl: str) -> int:

@@ -1,13 +1,14 @@
-"""Observing and loading a running server: metrics, SSE reading, its processes, a load generator.
+"""Observing and loading a running server: metrics, its processes, the soak's mixed load.
 
-Everything here is bounded: every wait has a deadline, the load generator a fixed number of
-requests, a concurrency limit and a per-request timeout (a request past it counts as a hang).
+Everything here is bounded: every wait has a deadline, the load a fixed number of requests, a
+concurrency limit and a per-request timeout (a request past it counts as a hang). The streams
+themselves are read by the one load generator, `tests/support/streams.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import math
 import random
 import time
 from collections import Counter
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field
 
 import httpx
 import psutil
+
+from tests.support.sse import SSEEvent, parse_sse_line  # noqa: F401 - tests import them from here
+from tests.support.streams import closed_loop, read_stream
 
 # --- metrics ---------------------------------------------------------------------------------
 
@@ -60,48 +64,6 @@ def wait_for_metric(
         if waited >= timeout:
             return False, value, waited
         time.sleep(0.05)
-
-
-# --- SSE ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class SSEEvent:
-    """One SSE line of interest: `data` (a JSON string or `[DONE]`) or a comment."""
-
-    data: str | None = None
-    comment: str | None = None
-    at: float = field(default_factory=time.monotonic)
-
-    def json(self) -> dict:
-        assert self.data is not None and self.data != "[DONE]"
-        return json.loads(self.data)
-
-    @property
-    def is_done(self) -> bool:
-        return self.data == "[DONE]"
-
-    @property
-    def is_error(self) -> bool:
-        return self.data is not None and self.data.startswith('{"error"')
-
-    @property
-    def content(self) -> str:
-        """The text a chat or completion chunk carries ('' for the role chunk and comments)."""
-        if self.data is None or self.is_done or self.is_error:
-            return ""
-        text = ""
-        for choice in self.json().get("choices", []):
-            text += (choice.get("delta") or {}).get("content") or choice.get("text") or ""
-        return text
-
-
-def parse_sse_line(line: str) -> SSEEvent | None:
-    if line.startswith("data: "):
-        return SSEEvent(data=line[len("data: "):])
-    if line.startswith(":"):
-        return SSEEvent(comment=line[1:].strip())
-    return None
 
 
 # --- the server's processes --------------------------------------------------------------
@@ -269,22 +231,15 @@ class LoadGenerator:
                 return "left"
             return "finished-before-leaving"
         if body.get("stream"):
-            async with client.stream("POST", url, json=body) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    return response.status_code
-                saw_done = saw_error = False
-                async for line in response.aiter_lines():
-                    event = parse_sse_line(line)
-                    if event is None:
-                        continue
-                    if kind == "disconnect_stream" and event.content:
-                        return "left"  # closing the response drops the connection
-                    saw_error |= event.is_error
-                    saw_done |= event.is_done
-                if saw_error or not saw_done:
-                    return "stream-error" if saw_error else "stream-truncated"
-                return 200
+            record = await read_stream(client, url, body, leave_after_content=kind == "disconnect_stream")
+            if record.error == "left" or (record.status == 200 and record.error is None and record.saw_done):
+                return "left" if record.error == "left" else 200
+            if record.error is not None and record.error.startswith("error event"):
+                return "stream-error"
+            if record.status is not None and record.status != 200:
+                return record.status
+            # A transport error (its type's name), or a stream that ended without [DONE].
+            return record.error.split(":")[0] if record.error else "stream-truncated"
         response = await client.post(url, json=body)
         if response.status_code == 200:
             response.json()
@@ -294,17 +249,18 @@ class LoadGenerator:
         report = LoadReport(requests=requests, concurrency=concurrency)
         kinds = self.plan(requests)
         report.by_kind.update(kinds)
-        semaphore = asyncio.Semaphore(concurrency)
         limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency)
-        started = time.monotonic()
         async with httpx.AsyncClient(
             base_url=self.base_url, headers=self.headers, timeout=self.timeout, limits=limits
         ) as client:
 
-            async def bounded(kind: str, index: int) -> None:
-                async with semaphore:
-                    await self._one(client, kind, index, report)
+            async def one(index: int) -> None:
+                await self._one(client, kinds[index], index, report)
 
-            await asyncio.gather(*(bounded(kind, i) for i, kind in enumerate(kinds)))
-        report.seconds = time.monotonic() - started
+            # Each request is bounded by its own timeout, so the loop by one timeout per round of
+            # `concurrency` requests.
+            report.seconds = await closed_loop(
+                one, concurrency=concurrency, max_requests=requests,
+                time_limit_s=self.timeout * math.ceil(requests / concurrency),
+            )
         return report

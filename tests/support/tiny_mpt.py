@@ -51,6 +51,23 @@ class TinyMpt:
     init_std: float = 0.2
     seed: int = 0
 
+    def transformers_config(self):
+        """transformers' `MptConfig` of this shape (bias-free, as MPT-30B)."""
+        from transformers import MptConfig
+
+        return MptConfig(
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            n_layers=self.n_layers,
+            expansion_ratio=4,
+            max_seq_len=self.max_seq_len,
+            vocab_size=self.vocab_size,
+            attn_config=self.attn_config(),
+            no_bias=True,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+
     def attn_config(self) -> dict:
         return {
             "alibi": True,
@@ -81,20 +98,9 @@ def one_torch_thread() -> Iterator[None]:
 @one_torch_thread()
 def build_reference(spec: TinyMpt):
     """transformers' MptForCausalLM with `spec`'s shape and seeded random fp32 weights."""
-    from transformers import MptConfig, MptForCausalLM
+    from transformers import MptForCausalLM
 
-    config = MptConfig(
-        d_model=spec.d_model,
-        n_heads=spec.n_heads,
-        n_layers=spec.n_layers,
-        expansion_ratio=4,
-        max_seq_len=spec.max_seq_len,
-        vocab_size=spec.vocab_size,
-        attn_config=spec.attn_config(),
-        no_bias=True,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
+    config = spec.transformers_config()
     torch.manual_seed(spec.seed)
     model = MptForCausalLM(config).to(torch.float32)
     if spec.qk_ln:
