@@ -215,7 +215,7 @@ def test_sdk_raises_on_an_error_event(impatient_server):
 
 def test_a_responses_stream_ends_with_the_error_event(impatient_server, schemas):
     body = {
-        "model": "smollm2-135m-instruct", "input": "What is the capital of France?", "stream": True,
+        "model": FAKE_MODEL, "input": "What is the capital of France?", "stream": True,
         "max_output_tokens": 4000, **NEVER_STOPS,
     }
     with httpx.stream("POST", impatient_server.base_url + "/v1/responses", json=body, timeout=60) as response:

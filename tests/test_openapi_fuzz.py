@@ -2,9 +2,10 @@
 
 It runs against the shared default server (the real engine). Bodies that name a model are
 pointed at the served one, so generation paths run too instead of stopping at a 404, and every
-generation is bounded to GENERATED_TOKENS tokens (a larger or missing `max_tokens` becomes that),
-so every request schemathesis invents, valid or not, is cheap to answer on two CPU cores; the
-default `max_tokens` path is checked in test_prompt_server.py.
+generation is bounded to GENERATED_TOKENS tokens (a larger or missing `max_tokens`, on
+/v1/responses `max_output_tokens`, becomes that), so every request schemathesis invents, valid or
+not, is cheap to answer on two CPU cores; the default `max_tokens` path is checked in
+test_prompt_server.py.
 
 schemathesis's pytest plugin does not run on pytest 9, so each operation's hypothesis strategy
 is driven directly with `@given`, with the same checks `call_and_validate` would run.
@@ -30,7 +31,12 @@ pytestmark = pytest.mark.engine
 
 EXAMPLES_PER_OPERATION = 12
 GENERATED_TOKENS = 8
-GENERATING = ("/v1/chat/completions", "/v1/completions")
+# Each generating route, and the body fields that bound its output (the first is set when none is).
+GENERATING = {
+    "/v1/chat/completions": ("max_tokens", "max_completion_tokens"),
+    "/v1/completions": ("max_tokens",),
+    "/v1/responses": ("max_output_tokens",),
+}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 # The operations, read from the app's router at collection time (no engine needed).
@@ -58,10 +64,10 @@ def bound_generation(case) -> None:
     """At most GENERATED_TOKENS tokens per choice: a larger or missing max_tokens becomes that."""
     if case.path not in GENERATING or not isinstance(case.body, dict):
         return
-    asked = [case.body.get(key) for key in ("max_tokens", "max_completion_tokens")]
-    if all(value is None for value in asked):
-        case.body["max_tokens"] = GENERATED_TOKENS
-    for key in ("max_tokens", "max_completion_tokens"):
+    keys = GENERATING[case.path]
+    if all(case.body.get(key) is None for key in keys):
+        case.body[keys[0]] = GENERATED_TOKENS
+    for key in keys:
         value = case.body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > GENERATED_TOKENS:
             case.body[key] = GENERATED_TOKENS
