@@ -61,7 +61,7 @@ async def measure(chunks: int) -> dict[str, float]:
     from server.settings import Settings
     from tests.support.fake_engine import FakeAsyncLLM, fake_engine
 
-    llm = FakeAsyncLLM(reply=" word")
+    llm = FakeAsyncLLM(reply=" word", max_model_len=chunks + 1024)  # room for every chunk
     engine = fake_engine(llm)
     settings = Settings()
     metrics = Metrics(CollectorRegistry())
