@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from server.api.encoding import DONE_FRAME, data_frame, dumps, encode_json_string, error_frames
+from server.api.encoding import ChunkFrames, encode_json_string
 from server.api.sse import KEEPALIVE_FRAME
 from server.api.logprobs import chat_logprob_content
 from server.generation import FinalChoice, Outcome
 
 
-class ChatEncoder:
+class ChatEncoder(ChunkFrames):
     def __init__(
         self,
         *,
@@ -26,21 +25,15 @@ class ChatEncoder:
         include_usage: bool = False,
         continuous_usage: bool = False,
     ) -> None:
-        self.id = f"chatcmpl-{request_id}"
-        self.model = model
+        super().__init__(
+            id=f"chatcmpl-{request_id}", object_name="chat.completion.chunk", model=model, outcome=outcome,
+            include_usage=include_usage, continuous_usage=continuous_usage,
+        )
         self.n = n
-        self.outcome = outcome
         self.token_text = token_text
         self.logprobs = logprobs
         self.top_logprobs = top_logprobs
-        self.include_usage = include_usage
-        # `usage` so far on every chunk: every delta then takes the general `choice` path.
-        self.continuous_usage = continuous_usage
         self.plain_deltas = not logprobs and not continuous_usage
-        self.head = {"id": self.id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-        # Nearly every chunk is one content delta and nothing else: its JSON up to the choice
-        # index is the same for the whole stream (tests prove `content` equals `chunk`).
-        self._content_prefix = "data: " + dumps(self.head)[:-1] + ',"choices":[{"index":'
 
     def _choice_logprobs(self, completion: Any) -> dict[str, Any] | None:
         if not self.logprobs:
@@ -49,14 +42,6 @@ class ChatEncoder:
         return {"content": content, "refusal": None}
 
     # --- streaming ------------------------------------------------------------------------
-
-    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
-        if usage is None and self.continuous_usage:
-            usage = self.outcome.usage()
-        body = {**self.head, "choices": choices}
-        if usage is not None:
-            body["usage"] = usage
-        return data_frame(dumps(body))
 
     def open(self) -> str:
         return KEEPALIVE_FRAME + "".join(
@@ -84,14 +69,6 @@ class ChatEncoder:
         if finish_reason is not None:
             choice["stop_reason"] = completion.stop_reason
         return self.chunk([choice])
-
-    def close(self) -> str:
-        if self.include_usage:
-            return self.chunk([], self.outcome.usage()) + DONE_FRAME
-        return DONE_FRAME
-
-    def error(self, error: BaseException) -> str:
-        return error_frames(error)
 
     # --- non-streaming --------------------------------------------------------------------
 

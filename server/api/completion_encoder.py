@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from server.api.encoding import DONE_FRAME, data_frame, dumps, encode_json_string, error_frames
+from server.api.encoding import ChunkFrames, encode_json_string
 from server.api.sse import KEEPALIVE_FRAME
 from server.api.logprobs import CompletionLogprobs
 from server.generation import EnginePrompt, FinalChoice, Outcome
 
 
-class CompletionEncoder:
+class CompletionEncoder(ChunkFrames):
     def __init__(
         self,
         *,
@@ -28,21 +27,17 @@ class CompletionEncoder:
         include_usage: bool = False,
         continuous_usage: bool = False,
     ) -> None:
-        self.id = f"cmpl-{request_id}"
-        self.model = model
+        super().__init__(
+            id=f"cmpl-{request_id}", object_name="text_completion", model=model, outcome=outcome,
+            include_usage=include_usage, continuous_usage=continuous_usage,
+        )
         self.prompts = prompts
         self.n = n
-        self.outcome = outcome
         self.token_text = token_text
         self.echo = echo
         self.logprobs = logprobs
         self.tokens_as_ids = tokens_as_ids
-        self.include_usage = include_usage
-        # `usage` so far on every chunk: every delta then takes the general `choice` path.
-        self.continuous_usage = continuous_usage
         self.plain_deltas = logprobs is None and not echo and not continuous_usage
-        self.head = {"id": self.id, "object": "text_completion", "created": int(time.time()), "model": model}
-        self._content_prefix = "data: " + dumps(self.head)[:-1] + ',"choices":[{"index":'
         # Streaming state per choice: logprobs not yet sent, and whether the echo went out.
         self._collectors: dict[int, CompletionLogprobs] = {}
         self._echoed: set[int] = set()
@@ -58,14 +53,6 @@ class CompletionEncoder:
         return (prompt.text or "") + text
 
     # --- streaming ------------------------------------------------------------------------
-
-    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
-        if usage is None and self.continuous_usage:
-            usage = self.outcome.usage()
-        body = {**self.head, "choices": choices}
-        if usage is not None:
-            body["usage"] = usage
-        return data_frame(dumps(body))
 
     def open(self) -> str:
         return KEEPALIVE_FRAME
@@ -100,14 +87,6 @@ class CompletionEncoder:
                 }
             ]
         )
-
-    def close(self) -> str:
-        if self.include_usage:
-            return self.chunk([], self.outcome.usage()) + DONE_FRAME
-        return DONE_FRAME
-
-    def error(self, error: BaseException) -> str:
-        return error_frames(error)
 
     # --- non-streaming --------------------------------------------------------------------
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from server.engine import EngineDead, EngineRejected
 from server.errors import APIError, internal_error, invalid_request, unavailable
-from server.generation import GenerationInterrupted
+from server.generation import GenerationInterrupted, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,42 @@ def data_frame(payload: str) -> str:
 def event_frame(event_type: str, payload: str) -> str:
     """One typed SSE event, as the Responses API sends them: the type, then its JSON."""
     return f"event: {event_type}\ndata: {payload}\n\n"
+
+
+class ChunkFrames:
+    """What the chat and completion encoders share on a stream: one head for every chunk,
+    `usage` on chunks (every one with `continuous_usage`, the last with `include_usage`), the
+    closing frames and the error event. Each route's encoder adds its own choices."""
+
+    def __init__(
+        self, *, id: str, object_name: str, model: str, outcome: Outcome, include_usage: bool, continuous_usage: bool
+    ) -> None:
+        self.id = id
+        self.model = model
+        self.outcome = outcome
+        self.include_usage = include_usage
+        # `usage` so far on every chunk: every delta then takes the general `choice` path.
+        self.continuous_usage = continuous_usage
+        self.head = {"id": id, "object": object_name, "created": int(time.time()), "model": model}
+        # Nearly every chunk is one content delta and nothing else: its JSON up to the choice
+        # index is the same for the whole stream (tests prove each `content` equals `chunk`).
+        self._content_prefix = "data: " + dumps(self.head)[:-1] + ',"choices":[{"index":'
+
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
+        if usage is None and self.continuous_usage:
+            usage = self.outcome.usage()
+        body = {**self.head, "choices": choices}
+        if usage is not None:
+            body["usage"] = usage
+        return data_frame(dumps(body))
+
+    def close(self) -> str:
+        if self.include_usage:
+            return self.chunk([], self.outcome.usage()) + DONE_FRAME
+        return DONE_FRAME
+
+    def error(self, error: BaseException) -> str:
+        return error_frames(error)
 
 
 def api_error_for(exc: BaseException) -> APIError:
