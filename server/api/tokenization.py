@@ -15,7 +15,9 @@ from fastapi import APIRouter, Request
 from server.api.context import server_state, services
 from server.api.protocol import ChatCompletionRequest, DetokenizeRequest, TokenizeRequest
 from server.api.schemas import API_ERRORS, DetokenizeResponse, TokenizeResponse
+from server.engine import Engine
 from server.errors import invalid_request
+from server.ops.state import ServerState
 
 router = APIRouter()
 
@@ -32,12 +34,17 @@ def chat_request(body: TokenizeRequest, model: str) -> ChatCompletionRequest:
     )
 
 
+def _serving_engine(state: ServerState, model: str | None) -> Engine:
+    """The engine, once the request's model (optional on these routes) is the served one."""
+    if model is not None:
+        state.check_model(model)
+    return state.serving_engine()
+
+
 @router.post("/tokenize", tags=["tokenization"], response_model=TokenizeResponse, responses=API_ERRORS)
 async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     state = server_state(request)
-    if body.model is not None:
-        state.check_model(body.model)
-    engine = state.serving_engine()
+    engine = _serving_engine(state, body.model)
     if body.messages is not None:
         tokens = services(request).chat.render(chat_request(body, state.served_name), engine).token_ids
     else:
@@ -52,10 +59,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
 
 @router.post("/detokenize", tags=["tokenization"], response_model=DetokenizeResponse, responses=API_ERRORS)
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, str]:
-    state = server_state(request)
-    if body.model is not None:
-        state.check_model(body.model)
-    engine = state.serving_engine()
+    engine = _serving_engine(server_state(request), body.model)
     vocab_size = engine.info.vocab_size
     outside = [token for token in body.tokens if token >= vocab_size]
     if outside:
