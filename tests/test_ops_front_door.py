@@ -5,8 +5,9 @@ All of it is the server's own layers (lifecycle, middlewares, admission, SSE, th
 loop), so the server runs in process on a fake vLLM engine (tests/support/inprocess.py) that
 takes 1.5 s to load and half a second to a first token, behind a real socket and real clients,
 with every guard on and watched from its first second: API keys from the environment and from a
-key file, `max_inflight 4`, `sse_ping_seconds 0.2`, `request_timeout 2`, `log_prompts`. That the
-same guards hold on the real engine (the abort reaching vLLM, the warm-up generation) is what
+key file, `max_inflight 4`, `sse_ping_seconds 0.2`, `request_timeout 2`, `log_prompts` (the
+admission test has a server of its own with the same bound and key, whose request timeout cannot
+free a slot while the test holds it). That the same guards hold on the real engine (the abort reaching vLLM, the warm-up generation) is what
 the live tests on the real server check: test_ops_requests.py, test_ops_exit.py.
 """
 
@@ -293,7 +294,18 @@ async def _admission_burst(server: InProcessServer, model: str) -> dict:
     return outcome
 
 
-def test_admission_lets_exactly_the_bound_in_and_429s_the_rest(server, model):
+@pytest.fixture(scope="module")
+def unhurried() -> InProcessServer:
+    """The guarded server's admission bound and key, with no request timeout within reach: the
+    slot holders must keep their slots however long this test's process is held up (on a loaded
+    CI machine a stall outlasted the guarded server's 2 s timeout, which then freed the slots)."""
+    llm = FakeAsyncLLM(first_token_delay_s=0.5, token_delay_s=0.05)
+    with serving_fake(llm, max_inflight=BOUND, request_timeout=600.0, api_key=ENV_KEY) as server:
+        yield server
+
+
+def test_admission_lets_exactly_the_bound_in_and_429s_the_rest(unhurried):
+    server, model = unhurried, unhurried.model
     outcome = asyncio.run(_admission_burst(server, model))
     answers = outcome["answers"]
     admitted = [a for a in answers if a["status"] == 200]
