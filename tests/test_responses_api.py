@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support.openai_schema import RESPONSE_EVENT_SCHEMAS as EVENT_SCHEMAS, OpenAISchemas
+from tests.support.openai_schema import RESPONSE_EVENT_SCHEMAS as EVENT_SCHEMAS
 
 pytestmark = pytest.mark.engine
 
@@ -24,16 +24,6 @@ pytestmark = pytest.mark.engine
 QUESTION = "What is the capital of France?"
 BRIEF = "Answer in one short sentence."
 GREEDY = {"temperature": 0, "max_output_tokens": 32}
-
-
-@pytest.fixture(scope="module")
-def schemas(openai_openapi_file) -> OpenAISchemas:
-    return OpenAISchemas(openai_openapi_file)
-
-
-@pytest.fixture(scope="module")
-def client(default_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=default_server.openai_base_url, api_key="unused", max_retries=0)
 
 
 @pytest.fixture

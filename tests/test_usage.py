@@ -8,10 +8,7 @@ import re
 import uuid
 
 import httpx
-import openai
 import pytest
-
-from tests.support.openai_schema import OpenAISchemas
 
 pytestmark = pytest.mark.engine
 
@@ -19,16 +16,6 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 # About 1,900 tokens: long enough that computing it again is clearly slower than reading it
 # from the prefix cache (vLLM's CPU build caches whole blocks of 128 tokens).
 LONG_TEXT = " ".join(f"Fact {i}: {i} times {i} is {i * i}." for i in range(100))
-
-
-@pytest.fixture(scope="module")
-def schemas(openai_openapi_file) -> OpenAISchemas:
-    return OpenAISchemas(openai_openapi_file)
-
-
-@pytest.fixture(scope="module")
-def client(default_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=default_server.openai_base_url, api_key="unused", max_retries=0)
 
 
 def fresh_system_text() -> str:
