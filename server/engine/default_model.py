@@ -89,9 +89,13 @@ def _convert(gguf_path: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source_dir, filename = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=filename)
+    # Offline by construction, whatever HF_HUB_OFFLINE says: transformers also writes this flag
+    # into tokenizer_config.json, so leaving it to the environment made two conversions differ.
+    tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=filename, local_files_only=True)
     # transformers shows a progress bar while it dequantizes the GGUF tensors.
-    model = AutoModelForCausalLM.from_pretrained(source_dir, gguf_file=filename, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(
+        source_dir, gguf_file=filename, dtype=torch.bfloat16, local_files_only=True
+    )
     # The weights are plain bf16 tensors now; drop the GGUF quantizer marks so that
     # save_pretrained writes, and vLLM loads, an ordinary checkpoint.
     model.hf_quantizer = None
