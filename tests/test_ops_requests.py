@@ -138,7 +138,9 @@ VLLM_SERIES = {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:k
 @engine
 def test_metrics_show_the_contract_beside_vllm_series(default_server, default_model_name):
     base = default_server.base_url
-    response = httpx.post(base + "/v1/chat/completions", json=_chat(default_model_name, "Hi", max_tokens=3), timeout=60)
+    # ignore_eos: a sampled answer to "Hi" could otherwise end within its 3 tokens.
+    body = _chat(default_model_name, "Hi", max_tokens=3, ignore_eos=True)
+    response = httpx.post(base + "/v1/chat/completions", json=body, timeout=60)
     assert response.status_code == 200
     text = scrape(base)
     assert CONTRACT_FAMILIES <= metric_families(text), CONTRACT_FAMILIES - metric_families(text)
