@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from tests.support.load import describe, descendants, find_engine_core, wait_all_gone
-from tests.support.server import RunningServer, launch_server, stop_server, wait_until_ready
+from tests.support.server import RunningServer, servers_started_together
 from tests.support.sse import SSEEvent
 from tests.support.streams import StreamRecord, read_stream
 
@@ -45,18 +45,10 @@ SERVER_ARGS = {
 
 @pytest.fixture(scope="module")
 def servers(request) -> dict[str, RunningServer]:
-    """Start, all at once, the servers of the tests selected in this module."""
+    """The servers of the tests selected in this module, started together."""
     wanted = [item.name for item in request.session.items if item.module is request.module]
-    launched: dict[str, RunningServer] = {}
-    try:
-        for name in wanted:
-            launched[name] = launch_server(*SERVER_ARGS[name], wait_ready=False)
-        for server in launched.values():
-            wait_until_ready(server)
+    with servers_started_together({name: SERVER_ARGS[name] for name in wanted}) as launched:
         yield launched
-    finally:
-        for server in launched.values():
-            stop_server(server)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import psutil
 import pytest
 
 from tests.support.load import SSEEvent, alive, describe, descendants, parse_sse_line, wait_all_gone
-from tests.support.server import RunningServer, launch_server, stop_server, wait_until_ready
+from tests.support.server import RunningServer, servers_started_together
 
 pytestmark = pytest.mark.engine
 
@@ -67,17 +67,10 @@ NOISE = ("Traceback", "Exception ignored", "leaked", "force killing", "killing e
 
 @pytest.fixture(scope="module")
 def servers(request) -> dict[str, RunningServer]:
+    """The servers the tests selected in this module need, started together."""
     wanted = {SERVER_OF_TEST[item.name] for item in request.session.items if item.module is request.module}
-    launched: dict[str, RunningServer] = {}
-    try:
-        for name in sorted(wanted):
-            launched[name] = launch_server(*SERVERS[name], wait_ready=False)
-        for server in launched.values():
-            wait_until_ready(server)
+    with servers_started_together({name: SERVERS[name] for name in sorted(wanted)}) as launched:
         yield launched
-    finally:
-        for server in launched.values():
-            stop_server(server)
 
 
 @pytest.fixture

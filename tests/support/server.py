@@ -241,3 +241,19 @@ def running_server(*args: str, **kwargs) -> Iterator[RunningServer]:
         yield server
     finally:
         stop_server(server)
+
+
+@contextlib.contextmanager
+def servers_started_together(args_by_name: dict[str, Sequence[str]]) -> Iterator[dict[str, RunningServer]]:
+    """One server of ours per name, launched at once so that their engine starts overlap, each
+    ready before the block runs, and every one stopped after it (or when a start fails)."""
+    launched: dict[str, RunningServer] = {}
+    try:
+        for name, args in args_by_name.items():
+            launched[name] = launch_server(*args, wait_ready=False)
+        for server in launched.values():
+            wait_until_ready(server)
+        yield launched
+    finally:
+        for server in launched.values():
+            stop_server(server)
