@@ -8,6 +8,7 @@ independent conversions by the same converter version, for the price of one.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -37,9 +38,12 @@ NO_NETWORK_CONVERSION = textwrap.dedent(
 
 
 def _convert_offline(cache_dir: Path) -> Path:
+    # Without HF_HUB_OFFLINE (the server under test has it set), so that the output equal to the
+    # server's also shows the conversion does not depend on that setting.
+    environment = {name: value for name, value in os.environ.items() if name != "HF_HUB_OFFLINE"}
     result = subprocess.run(
         [sys.executable, "-c", NO_NETWORK_CONVERSION, str(cache_dir)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=environment,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return Path(result.stdout.strip().splitlines()[-1])
