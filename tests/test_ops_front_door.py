@@ -7,8 +7,9 @@ takes 1.5 s to load and half a second to a first token, behind a real socket and
 with every guard on and watched from its first second: API keys from the environment and from a
 key file, `max_inflight 4`, `sse_ping_seconds 0.2`, `request_timeout 2`, `log_prompts` (the
 admission test has a server of its own with the same bound and key, whose request timeout cannot
-free a slot while the test holds it). That the same guards hold on the real engine (the abort reaching vLLM, the warm-up generation) is what
-the live tests on the real server check: test_ops_requests.py, test_ops_exit.py.
+free a slot while the test holds it). That the same guards hold on the real engine (the abort
+reaching vLLM, the warm-up generation) is what the live tests on the real server check:
+test_ops_requests.py, test_ops_exit.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -295,7 +297,7 @@ async def _admission_burst(server: InProcessServer, model: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def unhurried() -> InProcessServer:
+def unhurried() -> Iterator[InProcessServer]:
     """The guarded server's admission bound and key, with no request timeout within reach: the
     slot holders must keep their slots however long this test's process is held up (on a loaded
     CI machine a stall outlasted the guarded server's 2 s timeout, which then freed the slots)."""
