@@ -27,7 +27,7 @@ def test_soak_mixed_load_no_5xx_no_hang_engine_idle_memory_flat(default_server, 
     generator = LoadGenerator(base, default_model_name, seed=6, timeout=90)
     warmup = asyncio.run(generator.run(WARMUP_REQUESTS, CONCURRENCY))
     assert not warmup.failures and not warmup.hangs, warmup.summary()
-    wait_for_metric(base, "vllm:num_requests_running", lambda v: v == 0, timeout=5)
+    wait_for_metric(base, "vllm:num_requests_running", lambda v: v == 0, timeout=30)
     rss_before = rss_bytes(pid)
     core = find_engine_core(pid)
     core_before = rss_bytes(core.pid)
@@ -35,12 +35,12 @@ def test_soak_mixed_load_no_5xx_no_hang_engine_idle_memory_flat(default_server, 
 
     report = asyncio.run(generator.run(REQUESTS, CONCURRENCY))
 
-    idle, running, waited = wait_for_metric(base, "vllm:num_requests_running", lambda v: v == 0, timeout=5)
+    idle, running, waited = wait_for_metric(base, "vllm:num_requests_running", lambda v: v == 0, timeout=30)
     rss_after = rss_bytes(pid)
     core_after = rss_bytes(core.pid)
     left = sum(count for key, count in report.statuses.items() if key.endswith(":left"))
     _, aborted_total, _ = wait_for_metric(
-        base, "airoboros_requests_aborted_total", lambda v: v >= aborted_before + left, timeout=5, reason="disconnect"
+        base, "airoboros_requests_aborted_total", lambda v: v >= aborted_before + left, timeout=30, reason="disconnect"
     )
     aborted = aborted_total - aborted_before
     in_flight = metric_value(scrape(base), "airoboros_requests_in_flight")

@@ -20,6 +20,9 @@ from collections.abc import Callable, Iterator, Sequence
 import psutil
 
 POLL_S = 0.05
+# A tmux command is quick, but a CI machine busy with an engine's generation has stalled one for
+# over 20 s; only a much longer wait means tmux itself hangs.
+TMUX_COMMAND_TIMEOUT_S = 120
 EXIT_MARK_TEXT = "[terminal exit "
 EXIT_MARK = re.compile(re.escape(EXIT_MARK_TEXT) + r"(\d+)\]")
 
@@ -46,7 +49,7 @@ class TmuxTerminal:
 
     def _tmux(self, *args: str) -> str:
         result = subprocess.run(
-            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=20, check=False
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=TMUX_COMMAND_TIMEOUT_S, check=False
         )
         if result.returncode != 0:
             raise RuntimeError(f"tmux {' '.join(args[:3])} failed: {result.stderr.strip()}")
