@@ -37,14 +37,21 @@ def _wait_running(base_url: str, timeout: float = 60) -> None:
     assert met, "the request never started running in the engine"
 
 
-def _assert_engine_idle_within_a_second(base_url: str) -> None:
-    met, value, waited = wait_for_metric(base_url, "vllm:num_requests_running", lambda v: v == 0, timeout=1.0)
+# "At once" (http-api.md): the LONG generation runs for over a minute here, so an engine idle
+# within this bound was aborted, not left to finish; the bound leaves room for CI's stalls.
+ABORT_BOUND_S = 10.0
+
+
+def _assert_engine_idle_at_once(base_url: str) -> None:
+    met, value, waited = wait_for_metric(
+        base_url, "vllm:num_requests_running", lambda v: v == 0, timeout=ABORT_BOUND_S
+    )
     assert met, f"{value} engine requests still running {waited:.2f} s after the client left"
 
 
 def _assert_abort_counted(base_url: str, before: float) -> None:
     met, value, _ = wait_for_metric(
-        base_url, "airoboros_requests_aborted_total", lambda v: v == before + 1, timeout=2, reason="disconnect"
+        base_url, "airoboros_requests_aborted_total", lambda v: v == before + 1, timeout=ABORT_BOUND_S, reason="disconnect"
     )
     assert met, f"aborted{{reason=disconnect}} went from {before} to {value}"
 
@@ -67,7 +74,7 @@ def test_closing_a_stream_aborts_its_engine_request(default_server, default_mode
                 break
         _wait_running(base)
     # Leaving the block closed the connection mid-stream.
-    _assert_engine_idle_within_a_second(base)
+    _assert_engine_idle_at_once(base)
     _assert_abort_counted(base, before)
     assert default_server.access_log_entry("ops-leave-stream")["aborted"] == "disconnect"
 
@@ -89,7 +96,7 @@ def test_dropping_a_non_streaming_request_aborts_its_engine_request(default_serv
                 await request
 
     asyncio.run(leave_while_generating())
-    _assert_engine_idle_within_a_second(base)
+    _assert_engine_idle_at_once(base)
     _assert_abort_counted(base, before)
     line = default_server.access_log_entry("ops-leave-plain")
     assert (line["status"], line["aborted"]) == (499, "disconnect")

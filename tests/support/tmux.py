@@ -49,7 +49,8 @@ class TmuxTerminal:
 
     def _tmux(self, *args: str) -> str:
         result = subprocess.run(
-            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=TMUX_COMMAND_TIMEOUT_S, check=False
+            ["tmux", "-L", self.socket, *args],
+            capture_output=True, text=True, timeout=TMUX_COMMAND_TIMEOUT_S, check=False,
         )
         if result.returncode != 0:
             raise RuntimeError(f"tmux {' '.join(args[:3])} failed: {result.stderr.strip()}")
