@@ -21,6 +21,7 @@ import asyncio
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -44,7 +45,7 @@ SERVER_ARGS = {
 
 
 @pytest.fixture(scope="module")
-def servers(request) -> dict[str, RunningServer]:
+def servers(request) -> Iterator[dict[str, RunningServer]]:
     """The servers of the tests selected in this module, started together."""
     wanted = [item.name for item in request.session.items if item.module is request.module]
     with servers_started_together({name: SERVER_ARGS[name] for name in wanted}) as launched:

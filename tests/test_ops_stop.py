@@ -27,6 +27,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -66,7 +67,7 @@ NOISE = ("Traceback", "Exception ignored", "leaked", "force killing", "killing e
 
 
 @pytest.fixture(scope="module")
-def servers(request) -> dict[str, RunningServer]:
+def servers(request) -> Iterator[dict[str, RunningServer]]:
     """The servers the tests selected in this module need, started together."""
     wanted = {SERVER_OF_TEST[item.name] for item in request.session.items if item.module is request.module}
     with servers_started_together({name: SERVERS[name] for name in sorted(wanted)}) as launched:
