@@ -5,13 +5,15 @@ way round. Start at `get_format()`; the rules it implements are in spec/prompt-f
 each module's docstring lists the choices it made where the spec is silent (marked *(ours)*).
 
 Modules: `errors` (exceptions and every error code), `messages` (validation, R4-R7),
-`documents` (the closed-context extension), `airoboros` (the prompt layout), `layout` (a prompt
+`documents` (the closed-context extension), `conversation_format` (what every format shares),
+`airoboros` (the airoboros-mpt-30b prompt), `chatml` (the embedded stand-in's), `layout` (a prompt
 as pieces), `history` (fitting into the context, R11), `token_cache` (a prompt's token ids from
 cached pieces), `output` (stripping the reply, R10), `stops` (stop strings, R10), `protocol`
 (what a format provides), `registry` (formats by name).
 """
 
 from prompt_formats.airoboros import DEFAULT_SYSTEM, AiroborosFormat
+from prompt_formats.chatml import ChatMLFormat
 from prompt_formats.documents import DELIMITERS, Document, parse_documents, render_closed_context
 from prompt_formats.errors import ContextLengthExceeded, PromptFormatError
 from prompt_formats.history import HISTORY_POLICIES, FittedPrompt, HistoryPolicy
@@ -35,6 +37,7 @@ __all__ = [
     "DELIMITERS",
     "HISTORY_POLICIES",
     "AiroborosFormat",
+    "ChatMLFormat",
     "ContextLengthExceeded",
     "Conversation",
     "Document",

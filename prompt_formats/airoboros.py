@@ -2,10 +2,9 @@
 
     "{system} USER: {user} ASSISTANT: {reply}</s>USER: {user} ASSISTANT: "
 
-The model has no chat template; this module is that template. Message validation lives in
-`messages.py`, the closed-context layout in `documents.py`, history fitting in `history.py`,
-per-piece token ids in `token_cache.py` and output clean-up in `output.py`; this module only lays
-out the text (R1-R3, R8, R12), as the pieces of a `PromptLayout`, and wires those together.
+The model has no chat template; this module is that template. What every format shares (validation,
+the extensions, history fitting, the token cache) is `conversation_format.py`; this module only
+lays out the text (R1-R3, R8, R12), as the pieces of a `PromptLayout`.
 
 Why the pieces look the way they do: `</s>` is plain text for this tokenizer (R3), and the
 trailing space after `ASSISTANT:` is what training had (R2). An empty system text keeps its
@@ -25,120 +24,27 @@ Choices the spec leaves open, marked *(ours)*:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-from prompt_formats.documents import parse_documents, render_closed_context
-from prompt_formats.history import FittedPrompt, HistoryPolicy, fit_conversation
+from prompt_formats.conversation_format import ConversationFormat
 from prompt_formats.layout import PromptLayout
-from prompt_formats.messages import Conversation, parse_messages
-from prompt_formats.output import OutputShaper
-from prompt_formats.stops import merge_stops
-from prompt_formats.token_cache import (
-    DEFAULT_MAX_BYTES,
-    TokenCache,
-    WholeTokenizer,
-    probe_conversations,
-)
+from prompt_formats.messages import Conversation
+from prompt_formats.output import TURN_HEADERS
 
 DEFAULT_SYSTEM = (
     "A chat between a curious user and an assistant. The assistant gives helpful, detailed, "
     "accurate, uncensored responses to the user's input."
 )
 END_OF_REPLY = "</s>"
-PLAINFORMAT = "PLAINFORMAT"
 
 
-class AiroborosFormat:
-    """The default prompt format of the server (`PromptFormat` protocol)."""
+class AiroborosFormat(ConversationFormat):
+    """The prompt of airoboros-mpt-30b, the format of every MPT checkpoint (`PromptFormat`)."""
 
     name = "airoboros"
     stop_strings: tuple[str, ...] = (END_OF_REPLY, "USER:")
+    output_headers = TURN_HEADERS
 
     def __init__(self, default_system: str = DEFAULT_SYSTEM):
-        self.default_system = default_system
-
-    def conversation(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        documents: Sequence[Mapping[str, Any]] | None = None,
-        plainformat: bool = False,
-        continue_final_message: bool = False,
-    ) -> Conversation:
-        """Validated messages with the extensions applied to the last user message (R12)."""
-        conversation = parse_messages(messages, continue_final_message=continue_final_message)
-        text = conversation.last_user.text
-        if plainformat:
-            text = _with_plainformat(text)
-        if documents is not None:
-            parsed = parse_documents(documents)
-            if parsed:
-                text = render_closed_context(parsed, text)
-        return conversation.with_last_user_text(text)
-
-    def render(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        documents: Sequence[Mapping[str, Any]] | None = None,
-        plainformat: bool = False,
-        continue_final_message: bool = False,
-    ) -> str:
-        return self.render_conversation(
-            self.conversation(
-                messages,
-                documents=documents,
-                plainformat=plainformat,
-                continue_final_message=continue_final_message,
-            )
-        )
-
-    def render_fitted(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        tokenize: Callable[[str], list[int]],
-        max_prompt_tokens: int,
-        history: HistoryPolicy = "error",
-        documents: Sequence[Mapping[str, Any]] | None = None,
-        plainformat: bool = False,
-        continue_final_message: bool = False,
-    ) -> FittedPrompt:
-        """Render, tokenize the whole prompt once, and apply `history` if it is too long (R11).
-
-        `tokenize` must add no special tokens. A `TokenCache` from `self.token_cache()` gives the
-        same ids from cached pieces. Raises `ContextLengthExceeded` when the prompt does not fit
-        even after the policy.
-        """
-        conversation = self.conversation(
-            messages,
-            documents=documents,
-            plainformat=plainformat,
-            continue_final_message=continue_final_message,
-        )
-        own_cache = isinstance(tokenize, TokenCache) and tokenize.checked_for == self.name
-        return fit_conversation(
-            conversation,
-            self.layout(conversation),
-            tokens=tokenize if own_cache else WholeTokenizer(tokenize),
-            max_prompt_tokens=max_prompt_tokens,
-            history=history,
-        )
-
-    def token_cache(
-        self, tokenize: Callable[[str], list[int]], *, max_bytes: int = DEFAULT_MAX_BYTES
-    ) -> TokenCache:
-        """A caching `tokenize` for this format's prompts, its joins checked on `tokenize` now."""
-        probes = [
-            self.layout(conversation).pieces(drop)
-            for conversation in probe_conversations()
-            for drop in range(len(conversation.exchanges) + 1)
-        ]
-        return TokenCache(tokenize, probes=probes, checked_for=self.name, max_bytes=max_bytes)
-
-    def render_conversation(self, conversation: Conversation) -> str:
-        return self.layout(conversation).prompt()
+        super().__init__(default_system)
 
     def layout(self, conversation: Conversation) -> PromptLayout:
         """The prompt as pieces: a user message, a reply with its `</s>`, the assistant's head.
@@ -157,21 +63,8 @@ class AiroborosFormat:
         final = _turn_pieces(conversation.last_user.text, f" ASSISTANT: {prefill}")
         return PromptLayout(system, exchanges, final, opening=" ")
 
-    def stops(self, client_stop: str | Sequence[str] | None) -> list[str]:
-        return merge_stops(self.stop_strings, client_stop)
-
-    def output_shaper(self, *, continuation: bool = False) -> OutputShaper:
-        return OutputShaper(continuation=continuation)
-
 
 def _turn_pieces(user_text: str, assistant_part: str) -> tuple[str, ...]:
     if not user_text:
         return (f"USER: {assistant_part}",)
     return (f"USER: {user_text}", assistant_part)
-
-
-def _with_plainformat(text: str) -> str:
-    words = text.rsplit(maxsplit=1)
-    if words and words[-1] == PLAINFORMAT:
-        return text
-    return f"{text} {PLAINFORMAT}" if text else PLAINFORMAT

@@ -27,19 +27,22 @@ any text: `"".join(map(shaper.feed, deltas)) + shaper.finish() == shape_output("
 
 from __future__ import annotations
 
-HEADERS = ("USER:", "ASSISTANT:")
+# The airoboros turn headers; a format whose turns are marked by special tokens (ChatML) has none
+# to drop, and its output is only stripped.
+TURN_HEADERS = ("USER:", "ASSISTANT:")
 MIN_FRAGMENT_LENGTH = 4
 
 
-def shape_output(text: str, *, continuation: bool = False) -> str:
+def shape_output(text: str, *, continuation: bool = False, headers: tuple[str, ...] = TURN_HEADERS) -> str:
     """Strip the output and drop a trailing `USER:`/`ASSISTANT:` fragment (non-streaming R10)."""
-    return _finish(text if continuation else text.lstrip(), boundary_before=True)
+    return _finish(text if continuation else text.lstrip(), boundary_before=True, headers=headers)
 
 
 class OutputShaper:
     """Streaming `shape_output`: feed each text delta, send what comes back, then `finish()`."""
 
-    def __init__(self, *, continuation: bool = False):
+    def __init__(self, *, continuation: bool = False, headers: tuple[str, ...] = TURN_HEADERS):
+        self._headers = headers
         self._held = ""
         # Nothing sent yet: the start of the text is a word boundary and leading whitespace
         # (unless continuing a prefill) is still to be dropped.
@@ -51,7 +54,7 @@ class OutputShaper:
         text = self._held + delta
         if self._at_start and self._strip_leading:
             text = text.lstrip()
-        cut = _held_from(text, boundary_before=self._at_start)
+        cut = _held_from(text, boundary_before=self._at_start, headers=self._headers)
         self._held = text[cut:]
         if cut:
             self._at_start = False
@@ -60,19 +63,19 @@ class OutputShaper:
     def finish(self) -> str:
         """The held-back text that survives the end of generation; the shaper is then empty."""
         held, self._held = self._held, ""
-        return _finish(held, boundary_before=self._at_start)
+        return _finish(held, boundary_before=self._at_start, headers=self._headers)
 
 
-def _is_header_prefix(word: str) -> bool:
+def _is_header_prefix(word: str, headers: tuple[str, ...]) -> bool:
     # A plain loop: this runs for every streamed token, and a generator costs more than the test.
-    for header in HEADERS:
+    for header in headers:
         if header.startswith(word):
             return True
     return False
 
 
-def _is_fragment(word: str) -> bool:
-    return len(word) >= MIN_FRAGMENT_LENGTH and _is_header_prefix(word)
+def _is_fragment(word: str, headers: tuple[str, ...]) -> bool:
+    return len(word) >= MIN_FRAGMENT_LENGTH and _is_header_prefix(word, headers)
 
 
 def _last_word_start(text: str) -> int:
@@ -82,7 +85,7 @@ def _last_word_start(text: str) -> int:
     return len(text) - len(words[-1]) if words else 0
 
 
-def _finish(text: str, *, boundary_before: bool) -> str:
+def _finish(text: str, *, boundary_before: bool, headers: tuple[str, ...]) -> str:
     """`text` without trailing whitespace and without a trailing fragment.
 
     `boundary_before`: whether the position before `text` counts as a word boundary (start of
@@ -90,12 +93,12 @@ def _finish(text: str, *, boundary_before: bool) -> str:
     """
     text = text.rstrip()
     start = _last_word_start(text)
-    if (start > 0 or boundary_before) and _is_fragment(text[start:]):
+    if (start > 0 or boundary_before) and _is_fragment(text[start:], headers):
         return text[:start].rstrip()
     return text
 
 
-def _held_from(text: str, *, boundary_before: bool) -> int:
+def _held_from(text: str, *, boundary_before: bool, headers: tuple[str, ...]) -> int:
     """Where the part of `text` that a later delta may still remove begins.
 
     That part is the trailing whitespace, plus the last word and the whitespace before it when
@@ -107,6 +110,6 @@ def _held_from(text: str, *, boundary_before: bool) -> int:
     at_boundary = start > 0 or boundary_before
     if word and at_boundary:
         may_grow = end == len(text)
-        if _is_fragment(word) or (may_grow and _is_header_prefix(word)):
+        if _is_fragment(word, headers) or (may_grow and _is_header_prefix(word, headers)):
             return len(text[:start].rstrip())
     return end

@@ -1,6 +1,7 @@
 """The registry of prompt formats, so the server picks one by name from its settings.
 
-It is small on purpose: a dict filled at import with the airoboros format, which is the default.
+It is small on purpose: a dict filled at import with the airoboros format, the default and the
+format of every MPT checkpoint, and ChatML, the embedded stand-in model's own.
 Registering refuses to replace a format of the same name unless asked, so two modules cannot
 silently fight over a name.
 """
@@ -8,6 +9,7 @@ silently fight over a name.
 from __future__ import annotations
 
 from prompt_formats.airoboros import AiroborosFormat
+from prompt_formats.chatml import ChatMLFormat
 from prompt_formats.protocol import PromptFormat
 
 DEFAULT_FORMAT = "airoboros"
@@ -42,3 +44,4 @@ def format_names() -> tuple[str, ...]:
 
 
 register_format(AiroborosFormat())
+register_format(ChatMLFormat())

@@ -9,11 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
+from prompt_formats import format_names
+
 DEFAULT_CACHE_DIR = Path("~/.cache/airoboros-server")
+AUTO_PROMPT_FORMAT = "auto"
 
 
 class Settings(BaseSettings):
@@ -51,7 +54,11 @@ class Settings(BaseSettings):
         description="vLLM attention backend: auto (the server's ALiBi-safe choice per GPU), "
         "TRITON_ATTN, FLASH_ATTN (pinned to FlashAttention 2 for ALiBi) or CPU_ATTN.",
     )
-    prompt_format: str = Field("airoboros", description="Prompt format of the chat route.")
+    prompt_format: str = Field(
+        "auto",
+        description="Prompt format of the chat routes: auto (airoboros for a checkpoint, chatml "
+        "for the embedded default model, which was trained on it), airoboros or chatml.",
+    )
     add_bos: bool = Field(False, description="Start every chat prompt with the BOS token.")
     cache_dir: Path = Field(
         DEFAULT_CACHE_DIR, description="Where the embedded default model is converted to."
@@ -144,6 +151,22 @@ class Settings(BaseSettings):
         from server.gpu.attention import normalise_backend_setting
 
         return normalise_backend_setting(value)
+
+    @field_validator("prompt_format")
+    @classmethod
+    def _known_prompt_format(cls, value: str) -> str:
+        if value != AUTO_PROMPT_FORMAT and value not in format_names():
+            raise ValueError(f"unknown prompt format {value!r}; choose auto, {', '.join(format_names())}")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_prompt_format(self) -> Settings:
+        # Resolved once, here, so everything downstream (the chat service, /v1/models) reads a
+        # real format name. The embedded stand-in only ends its turns in its own ChatML; every
+        # checkpoint served with --model is taken to be the airoboros model's (R1-R12).
+        if self.prompt_format == AUTO_PROMPT_FORMAT:
+            self.prompt_format = "airoboros" if self.model is not None else "chatml"
+        return self
 
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir.expanduser()

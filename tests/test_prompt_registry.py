@@ -24,8 +24,8 @@ def test_default_format_is_airoboros():
 
 def test_unknown_format_is_a_key_error_naming_the_known_ones():
     with pytest.raises(KeyError) as caught:
-        get_format("chatml")
-    assert "'chatml'" in str(caught.value) and "airoboros" in str(caught.value)
+        get_format("llama-3")
+    assert "'llama-3'" in str(caught.value) and "airoboros, chatml" in str(caught.value)
 
 
 def test_registered_format_is_found_by_name():

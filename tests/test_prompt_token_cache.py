@@ -313,3 +313,17 @@ def test_threads_sharing_one_cache_get_exact_ids(neox_tokenize):
     assert not any(thread.is_alive() for thread in threads)
     assert failures == []
     assert cache.cached_bytes == sum(cache._sizes.values()) <= 48 * 1024
+
+
+def test_chatml_pieces_join_safely_on_the_stand_ins_tokenizer(smollm2_tokenize):
+    chatml = get_format("chatml")
+    cache = chatml.token_cache(smollm2_tokenize, max_bytes=1 << 20)
+    assert cache.joins_safely, f"the boundary check failed on {cache.unsafe_probe!r}"
+    messages = [
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hi! How can I help?"},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    expected = chatml.render_fitted(messages, tokenize=smollm2_tokenize, max_prompt_tokens=4096)
+    assert chatml.render_fitted(messages, tokenize=cache, max_prompt_tokens=4096) == expected
+    assert expected.token_ids == smollm2_tokenize(chatml.render(messages))
