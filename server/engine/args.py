@@ -9,6 +9,7 @@ vLLM's engine core and workers inherit it.
 from __future__ import annotations
 
 import os
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,54 @@ def engine_environment(settings: Settings) -> dict[str, str]:
 
 def engine_environment_defaults() -> dict[str, str]:
     """Variables set only where the operator's environment says nothing."""
-    return {
+    defaults = {
         # Nothing this server runs may reach a model hub (transformers, vLLM, the converter).
         "HF_HUB_OFFLINE": "1",
         "VLLM_CPU_KVCACHE_SPACE": str(DEFAULT_CPU_KV_CACHE_GIB),
+    }
+    if _vllm_cpu_build():
+        defaults.update(_cpu_compile_cache_defaults())
+    return defaults
+
+
+def _vllm_cpu_build() -> bool:
+    """Whether vLLM will run on its CPU platform: the test vLLM's platform detection makes
+    (vllm/platforms/__init__.py, `cpu_platform_plugin`), without importing vLLM."""
+    if os.environ.get("VLLM_TARGET_DEVICE") == "cpu":
+        return True
+    try:
+        return "cpu" in version("vllm")
+    except PackageNotFoundError:
+        try:
+            version("vllm-cpu")
+        except PackageNotFoundError:
+            return False
+        return True
+
+
+def _cpu_compile_cache_defaults() -> dict[str, str]:
+    """A torch.compile cache that a restart loads, on vLLM's CPU platform.
+
+    vLLM 0.32 with torch >= 2.10 defaults to AOT compile (`VLLM_USE_AOT_COMPILE`): it saves
+    the compiled model under VLLM_CACHE_ROOT/torch_compile_cache/torch_aot_compile/ and loads
+    it on the next start. On CPU that load always fails: the CPU platform compiles with torch's
+    plain "inductor" backend (mode DYNAMO_TRACE_ONCE, vllm/platforms/cpu.py), which torch wraps
+    in its own `BundledAOTAutogradSerializableCallable`, and vLLM's loader calls
+    `finalize_loading`, a method only vLLM's own `VllmSerializableFunction` has
+    (vllm/compilation/decorators.py:315). Every start logged "Compiling model again due to a
+    load failure ... 'function' object has no attribute 'finalize_loading'" and compiled again.
+    Without AOT compile, torch's Inductor FX-graph and AOTAutograd caches serve a restart
+    instead (Dynamo still traces, Inductor does not compile). Nothing sets their directory on
+    this path, so torch would use /tmp/torchinductor_<user>: keep it under VLLM_CACHE_ROOT,
+    so that one directory (one volume) holds everything compiled. GPUs (vLLM's own backend,
+    whose artifacts have `finalize_loading`) keep vLLM's defaults.
+    """
+    vllm_cache_root = os.environ.get("VLLM_CACHE_ROOT") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "vllm"
+    )
+    return {
+        "VLLM_USE_AOT_COMPILE": "0",
+        "TORCHINDUCTOR_CACHE_DIR": os.path.join(os.path.expanduser(vllm_cache_root), "torchinductor"),
     }
 
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,10 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = float(os.environ.get("AIROBOROS_TEST_START_TIMEOUT", "420"))
 LOOPBACK = "127.0.0.1"
+# How long a test waits for an access-log line the server is about to write: the wait ends as soon
+# as the line is there; the bound is for a CI machine that stalls for tens of seconds while an
+# engine runs beside the tests.
+ACCESS_LOG_WAIT_S = 60.0
 
 
 def free_port() -> int:
@@ -79,20 +84,43 @@ class ServerEndpoints:
     def log_text(self) -> str:
         raise NotImplementedError
 
-    def access_log_entry(self, request_id: str, wait_s: float = 5.0) -> dict:
+    def access_log_lines(self, request_id: str) -> list[str]:
+        """Every access-log line in the log so far for `request_id`."""
+        return [
+            line for line in self.log_text().splitlines()
+            if "airoboros.access" in line and f'"request_id": "{request_id}"' in line
+        ]
+
+    def access_log_entry(self, request_id: str, wait_s: float = ACCESS_LOG_WAIT_S) -> dict:
         """The JSON of the access-log line the server wrote for `request_id` (fails when none).
 
         The line is written once the response has been sent, so a client can hold the answer a
-        moment before it is in the log: look again for up to `wait_s` (a loaded CI machine).
+        moment before it is in the log: look again until it is there, for up to `wait_s`.
         """
         deadline = time.monotonic() + wait_s
         while True:
-            for line in self.log_text().splitlines():
-                if "airoboros.access" in line and f'"request_id": "{request_id}"' in line:
-                    return json.loads(line[line.index("{"):])
+            lines = self.access_log_lines(request_id)
+            if lines:
+                return json.loads(lines[0][lines[0].index("{"):])
             if time.monotonic() >= deadline:
-                raise AssertionError(f"no access-log line for {request_id}")
+                raise AssertionError(f"no access-log line for {request_id} in {wait_s:.0f} s")
             time.sleep(0.05)
+
+    def access_log_barrier(self, wait_s: float = ACCESS_LOG_WAIT_S) -> None:
+        """Send a request of our own and wait for its access-log line: once it is there, so is
+        every line of a request answered before it was sent.
+
+        The server writes each line in the request's own task just after its response's last
+        message, and one event loop serves them all, so a request this client has its answer to
+        is logged before the next one it sends. What a test then misses in the log was never
+        written: no fixed sleep needed to assert that something is not logged.
+        """
+        request_id = f"log-barrier-{uuid.uuid4().hex}"
+        httpx.get(
+            self.base_url + "/v1/models", headers={**self.headers(), "X-Request-Id": request_id},
+            timeout=wait_s, trust_env=False, verify=self.verify,
+        )
+        self.access_log_entry(request_id, wait_s)
 
 
 @dataclass
@@ -210,6 +238,10 @@ def child_environment(env: dict[str, str] | None = None, api_key: str | None = N
     # Fast start-up matters more than decode speed in tests; the machine is shared.
     child_env.setdefault("AIROBOROS_ENFORCE_EAGER", "true")
     child_env.setdefault("AIROBOROS_CPU_KV_CACHE_GIB", "1")
+    # The stand-in model gets the airoboros prompt in tests, as an MPT checkpoint does in
+    # production: the suite checks that format end to end. What `make serve` gives (its own
+    # ChatML) is checked where a test asks for `auto` (test_first_run.py).
+    child_env.setdefault("AIROBOROS_PROMPT_FORMAT", "airoboros")
     if api_key:
         child_env["AIROBOROS_API_KEYS"] = api_key
     child_env.update(env or {})
