@@ -72,10 +72,11 @@ class Engine:
         """Build the engine (blocking: spawns the engine core and loads the weights)."""
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from server.engine.platform import current_gpu
+        from server.engine.platform import current_gpu, refuse_unservable_quantization
         from server.gpu.plan import check_at_start
 
         check_at_start(settings, model_dir, current_gpu())  # GPU hosts: refuse what cannot fit
+        refuse_unservable_quantization(model_dir)  # CPU hosts: 4-bit weights need AVX-512's kernel
         started = time.monotonic()
         logger.info("loading model %s (this takes a while for large checkpoints)", model_dir)
         llm = AsyncLLM.from_engine_args(engine_args(settings, model_dir, served_name))

@@ -11,7 +11,8 @@ the config unties it. Weight names are the checkpoint's: `transformer.wte`,
 `transformer.blocks.N.{norm_1, attn.Wqkv, attn.q_ln, attn.k_ln, attn.out_proj, norm_2,
 ffn.up_proj, ffn.act.scales (AutoAWQ), ffn.down_proj}`, `transformer.norm_f`.
 Quantized checkpoints load through vLLM's quantized layers (the model carries `quant_config`);
-backends that would drop ALiBi are refused at load (`server.gpu.attention`).
+AutoAWQ's activation scales are `server.models.awq`'s, and an AWQ checkpoint without them is
+refused at load; backends that would drop ALiBi are refused at load (`server.gpu.attention`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
     VocabParallelEmbedding,
 )
 from vllm.model_executor.models.interfaces import SupportsPP
-from vllm.model_executor.model_loader.weight_utils import sharded_weight_loader
 from vllm.model_executor.models.utils import (
     AutoWeightsLoader,
     PPMissingLayer,
@@ -53,14 +53,11 @@ from vllm.model_executor.models.utils import (
     make_layers,
     maybe_prefix,
 )
-from vllm.model_executor.utils import set_weight_attrs
 from vllm.sequence import IntermediateTensors
 
 from server.models.attention_guard import refuse_alibi_unsafe_layer
+from server.models.awq import AUTO_AWQ_METHODS, ScaledGelu, refuse_missing_act_scales
 from server.models.mpt_config import MptSpec, alibi_slopes
-
-# vLLM's names for AutoAWQ checkpoints, which carry the GELU's input scales (`ffn.act.scales`).
-AUTO_AWQ_METHODS = ("auto_awq", "awq", "awq_marlin")
 
 
 class MptAttention(nn.Module):
@@ -149,21 +146,6 @@ class MptAttention(nn.Module):
         return output
 
 
-class ScaledGelu(nn.Module):
-    """AutoAWQ's MPT activation, gelu(x) / scales (`ffn.act.scales`): AWQ scaled `down_proj`'s
-    input channels up before quantizing. Each rank loads the slice of its `up_proj` shard."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.gelu = get_act_fn("gelu")
-        shard = channels // get_tensor_model_parallel_world_size()
-        self.scales = nn.Parameter(torch.empty(shard, dtype=torch.get_default_dtype()), requires_grad=False)
-        set_weight_attrs(self.scales, {"weight_loader": sharded_weight_loader(0)})
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gelu(x) / self.scales
-
-
 class MptMLP(nn.Module):
     def __init__(self, spec: MptSpec, quant_config: QuantizationConfig | None, prefix: str):
         super().__init__()
@@ -175,7 +157,11 @@ class MptMLP(nn.Module):
             prefix=f"{prefix}.up_proj",
         )
         if quant_config is not None and quant_config.get_name() in AUTO_AWQ_METHODS:
-            self.act = ScaledGelu(spec.ffn_hidden_size)
+            self.act = ScaledGelu(
+                spec.ffn_hidden_size,
+                get_tensor_model_parallel_world_size(),
+                get_tensor_model_parallel_rank(),
+            )
         else:
             self.act = get_act_fn("gelu")  # exact (erf) GELU, as MPT's nn.GELU(approximate="none")
         self.down_proj = RowParallelLinear(
@@ -308,4 +294,6 @@ class MptForCausalLM(nn.Module, SupportsPP):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         # A tied lm_head.weight, when a checkpoint stores it, is skipped by the loader.
-        return AutoWeightsLoader(self).load_weights(weights)
+        loaded = AutoWeightsLoader(self).load_weights(weights)
+        refuse_missing_act_scales(self, loaded)  # AWQ: no uninitialised ffn.act.scales
+        return loaded

@@ -11,14 +11,25 @@ the activation becomes gelu(x) / s, saved as `transformer.blocks.N.ffn.act.scale
 `scales` fp16, `quantization_config` in config.json. The reference model it returns holds the
 dequantized weights ((q − zero) × scale, in float32) and computes gelu(x) / s, so it is the
 direct computation of what the checkpoint encodes. `reference_without_act_scales` drops the
-division, to show what loading the scales changes.
+division, to show what loading the scales changes. `act_scales=False` writes the checkpoint
+without `ffn.act.scales`, as a broken export would.
+
+Run as a script (a child process: it initialises vLLM's distributed state), it builds our vLLM
+MPT for such a checkpoint and prints one result line:
+- `layers DIR TOKENIZER`: `AWQ-KERNEL {build, cpu_gemm_wna16}`, then `AWQ-REFUSED <line>` when the
+  server refuses the checkpoint on this CPU build, else `AWQ-LAYERS {errors}` (`compare_layers`);
+- `no-act-scales DIR TOKENIZER`: `AWQ-LOAD-REFUSED <line>` or `AWQ-LOAD-ACCEPTED`: what the
+  plugin's weight loader says of the checkpoint without act scales (no 4-bit kernel needed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,8 +66,9 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return (q.view(rows, cols).int(), zeros.int(), scales, dequantized.view(rows, cols).t().contiguous())
 
 
-def make_tiny_awq_mpt(directory: Path, tokenizer_file: Path, seed: int = 0):
-    """Write the checkpoint; return (directory, reference model with the AWQ weights)."""
+def make_tiny_awq_mpt(directory: Path, tokenizer_file: Path, seed: int = 0, act_scales: bool = True):
+    """Write the checkpoint (without `ffn.act.scales` when `act_scales` is false); return
+    (directory, reference model with the AWQ weights and the act scales)."""
     from safetensors.torch import save_file
     from vllm.model_executor.layers.quantization.utils.quant_utils import awq_pack
 
@@ -70,11 +82,12 @@ def make_tiny_awq_mpt(directory: Path, tokenizer_file: Path, seed: int = 0):
     with torch.no_grad():
         for index, block in enumerate(model.transformer.blocks):
             prefix = f"transformer.blocks.{index}"
-            act_scales = 0.5 + 1.5 * torch.rand(block.ffn.up_proj.out_features, generator=generator)
-            act_scales = act_scales.half().float()  # what the fp16 checkpoint holds
-            block.ffn.down_proj.weight.mul_(act_scales[None, :])  # AWQ: inputs of down_proj × s
-            block.ffn.act = ScaledGelu(act_scales)
-            tensors[f"{prefix}.ffn.act.scales"] = act_scales.half()
+            scales_of_block = 0.5 + 1.5 * torch.rand(block.ffn.up_proj.out_features, generator=generator)
+            scales_of_block = scales_of_block.half().float()  # what the fp16 checkpoint holds
+            block.ffn.down_proj.weight.mul_(scales_of_block[None, :])  # AWQ: inputs of down_proj × s
+            block.ffn.act = ScaledGelu(scales_of_block)
+            if act_scales:
+                tensors[f"{prefix}.ffn.act.scales"] = scales_of_block.half()
             for name in LINEARS:
                 linear = block.get_submodule(name)
                 q, zeros, scales, dequantized = quantize(linear.weight)
@@ -109,18 +122,16 @@ def reference_without_act_scales(model):
     return plain
 
 
-def compare_layers(directory: Path, model) -> dict[str, float]:
-    """Our vLLM MPT built for the checkpoint in this process (one rank, gloo), its weights loaded
-    by its own loader and vLLM's AWQ kernel: each block's MLP, fused Wqkv and out_proj against
-    the reference's direct computation, in float16 (AWQ's dtype), on random inputs. In a child process:
-    it initialises vLLM's distributed state."""
+@contextlib.contextmanager
+def our_model(directory: Path) -> Iterator[tuple[Any, Any]]:
+    """Our vLLM MPT built for the checkpoint in this process (one rank, gloo, float16), its
+    weights not loaded yet, and vLLM's config for it. In a child process only: it initialises
+    vLLM's distributed state."""
     import socket
 
-    from safetensors.torch import load_file
     from vllm.config import set_current_vllm_config
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
     from vllm.engine.arg_utils import EngineArgs
-    from vllm.model_executor.model_loader.utils import process_weights_after_loading
     from vllm.utils.torch_utils import set_default_torch_dtype
 
     import server.models
@@ -131,7 +142,6 @@ def compare_layers(directory: Path, model) -> dict[str, float]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    errors = {"mlp": 0.0, "mlp_without_act_scales": 0.0, "wqkv": 0.0, "out_proj": 0.0, "scale": 0.0}
     with set_current_vllm_config(config):
         init_distributed_environment(1, 0, f"tcp://127.0.0.1:{port}", 0, backend="gloo")
         initialize_model_parallel(1, 1)
@@ -139,6 +149,18 @@ def compare_layers(directory: Path, model) -> dict[str, float]:
 
         with set_default_torch_dtype(torch.float16):
             ours = MptForCausalLM(vllm_config=config)
+        yield ours, config
+
+
+def compare_layers(directory: Path, model) -> dict[str, float]:
+    """Our vLLM MPT (`our_model`), its weights loaded by its own loader and vLLM's AWQ kernel:
+    each block's MLP, fused Wqkv and out_proj against the reference's direct computation, in
+    float16 (AWQ's dtype), on random inputs."""
+    from safetensors.torch import load_file
+    from vllm.model_executor.model_loader.utils import process_weights_after_loading
+
+    errors = {"mlp": 0.0, "mlp_without_act_scales": 0.0, "wqkv": 0.0, "out_proj": 0.0, "scale": 0.0}
+    with our_model(directory) as (ours, config):
         ours.load_weights(load_file(str(directory / "model.safetensors")).items())
         process_weights_after_loading(ours, config.model_config, torch.device("cpu"))
         x = torch.randn(7, AWQ_SHAPE["d_model"], generator=torch.Generator().manual_seed(3))
@@ -158,8 +180,47 @@ def compare_layers(directory: Path, model) -> dict[str, float]:
     return errors
 
 
+def load_refusal(directory: Path) -> str | None:
+    """What our model's weight loader raises for the checkpoint (None when it loads). Loading
+    runs no 4-bit kernel, so this works on every CPU build."""
+    from safetensors.torch import load_file
+
+    with our_model(directory) as (ours, _):
+        try:
+            ours.load_weights(load_file(str(directory / "model.safetensors")).items())
+        except ValueError as error:
+            return str(error)
+    return None
+
+
+def _layers(directory: Path, tokenizer_file: Path) -> None:
+    from server.engine.platform import (
+        CPU_WNA16_OP,
+        QuantizationRefused,
+        cpu_kernel_build,
+        cpu_op_available,
+        refuse_unservable_quantization,
+    )
+
+    directory, reference_model = make_tiny_awq_mpt(directory, tokenizer_file)
+    kernel = {"build": cpu_kernel_build(), CPU_WNA16_OP: cpu_op_available(CPU_WNA16_OP)}
+    print("AWQ-KERNEL " + json.dumps(kernel), flush=True)
+    try:
+        refuse_unservable_quantization(directory)  # what the server checks before its engine
+    except QuantizationRefused as refusal:
+        print(f"AWQ-REFUSED {refusal}")
+        return
+    print("AWQ-LAYERS " + json.dumps(compare_layers(directory, reference_model)))
+
+
+def _no_act_scales(directory: Path, tokenizer_file: Path) -> None:
+    directory, _ = make_tiny_awq_mpt(directory, tokenizer_file, act_scales=False)
+    refusal = load_refusal(directory)
+    print("AWQ-LOAD-ACCEPTED" if refusal is None else f"AWQ-LOAD-REFUSED {refusal}")
+
+
 if __name__ == "__main__":
     import sys
 
-    directory, reference_model = make_tiny_awq_mpt(Path(sys.argv[1]), Path(sys.argv[2]))
-    print("AWQ-LAYERS " + json.dumps(compare_layers(directory, reference_model)))
+    mode, directory_arg, tokenizer_arg = sys.argv[1:4]
+    {"layers": _layers, "no-act-scales": _no_act_scales}[mode](Path(directory_arg), Path(tokenizer_arg))
