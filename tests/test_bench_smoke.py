@@ -23,6 +23,12 @@ POSITIVE = (
     "tpot_ms_p50", "tpot_ms_p95", "e2e_s_p50", "e2e_s_p95", "wall_s",
     "frontend_cpu_s_per_1k_tokens", "engine_cpu_s_per_1k_tokens", "frontend_peak_rss_mb", "frontend_vm_hwm_mb",
 )
+# The front end (the process that listens) holds neither the weights nor the KV cache: vLLM's
+# engine core, its child process, does. What it holds is Python, torch, vLLM's client side, the
+# tokenizer and the HTTP layers: 691 MiB at 64 streams in the README's bench run, 771 MiB in this
+# test when the bound was set. The bound leaves about twice that, and still fails if the engine
+# ran in this process (the test server's 1 GiB KV cache alone, plus the weights, on top).
+FRONTEND_RSS_BOUND_MB = 1536
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +61,7 @@ def test_bench_report_has_every_figure_for_our_server(bench_report):
     for metric in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_s"):
         assert ours[f"{metric}_p95"] >= ours[f"{metric}_p50"], metric
     assert ours["e2e_s_p50"] * 1000 >= ours["ttft_ms_p50"]
-    assert ours["frontend_peak_rss_mb"] < 64 * 1024
+    assert ours["frontend_peak_rss_mb"] < FRONTEND_RSS_BOUND_MB, ours["frontend_peak_rss_mb"]
 
 
 def test_bench_roofline_is_computed_from_the_checkpoint(bench_report):

@@ -216,5 +216,4 @@ def test_a_client_that_leaves_a_stream_aborts_its_engine_request(server):
         time.sleep(0.01)
     assert server.llm.running == 0 and request.request_id in server.llm.aborted
     assert request.request_id.startswith("leaves-stream-")
-    time.sleep(0.1)
-    assert server.access_log_entry("leaves-stream")["aborted"] == "disconnect"
+    assert server.access_log_entry("leaves-stream")["aborted"] == "disconnect"  # waits for the line

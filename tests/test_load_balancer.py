@@ -45,6 +45,12 @@ LOAD_DEADLINE_S = 600
 DRAIN_TIMEOUT_S = 45
 REPLICA_ENV = {"AIROBOROS_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT_S)}
 PROMPT = [{"role": "user", "content": "Count to twenty."}]
+# Waits for something the fleet does at once (a stream's first token, a replica's log line for
+# the signal it got, requests after a kill): each ends as soon as it happens; the bound is for a
+# CI machine that stalls for tens of seconds while an engine runs beside the tests.
+EVENT_WAIT_S = 60
+# Requests sent after the hard kill that must all succeed: about six seconds of the load's work.
+AFTER_KILL_REQUESTS = 20
 
 
 # --- the client load ---------------------------------------------------------------------------
@@ -186,13 +192,34 @@ def readiness(replica: RunningServer) -> int | str:
         return "refused"
 
 
-async def drain_witness(replica: RunningServer, model: str) -> StreamRecord:
+async def drain_witness(replica: RunningServer, model: str, record: StreamRecord) -> StreamRecord:
     """A longer stream sent straight to a replica just before its SIGTERM: the drain must let it end."""
     body = {
         "model": model, "messages": PROMPT, "max_tokens": 48, "ignore_eos": True, "stream": True,
     }
     async with httpx.AsyncClient(timeout=httpx.Timeout(DRAIN_TIMEOUT_S + 30, connect=5)) as client:
-        return await read_stream(client, f"{replica.base_url}/v1/chat/completions", body)
+        return await read_stream(client, f"{replica.base_url}/v1/chat/completions", body, record)
+
+
+async def wait_generating(records: list[StreamRecord]) -> None:
+    """Until every stream has its first token (the replica is generating it), or fail."""
+    deadline = time.monotonic() + EVENT_WAIT_S
+    while not all(record.first_content is not None for record in records):
+        ended = [record for record in records if record.ended is not None and record.first_content is None]
+        assert not ended, f"a witness ended before its first token: {ended[0].error}"
+        assert time.monotonic() < deadline, f"the witnesses had no token {EVENT_WAIT_S} s after they were sent"
+        await asyncio.sleep(0.01)
+
+
+def wait_for_log(replica: RunningServer, text: str) -> None:
+    """Until the replica's log has `text` (or it exited without), bounded."""
+    deadline = time.monotonic() + EVENT_WAIT_S
+    while text not in replica.log_text():
+        assert replica.process.poll() is None or text in replica.log_text(), (
+            f"the replica exited without logging {text!r}:\n{replica.log_text()[-3000:]}"
+        )
+        assert time.monotonic() < deadline, f"no {text!r} in the replica's log in {EVENT_WAIT_S} s"
+        time.sleep(0.02)
 
 
 async def rolling_restart(fleet: Fleet, model: str) -> tuple[list[StreamRecord], list[dict]]:
@@ -207,13 +234,17 @@ async def rolling_restart(fleet: Fleet, model: str) -> tuple[list[StreamRecord],
             fleet.replicas.remove(old)
             await asyncio.to_thread(fleet.publish)
             step["open_streams_at_sigterm"] = load.open_on(Fleet.address(old))
-            # Two longer streams straight to the replica, so the drain has work to finish.
-            witnesses = [asyncio.create_task(drain_witness(old, model)) for _ in range(2)]
-            await asyncio.sleep(1.0)
+            # Two longer streams straight to the replica, so the drain has work to finish: under
+            # way (generating) when the signal comes.
+            records = [StreamRecord() for _ in range(2)]
+            witnesses = [asyncio.create_task(drain_witness(old, model, record)) for record in records]
+            await wait_generating(records)
             # 2. SIGTERM (the kubelet, after the preStop sleep): the replica drains and exits.
             sigterm_at = time.monotonic()
             old.process.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
+            # Probed once the replica has handled the signal: its handler turns readiness off
+            # first, then the drain starts and logs this line.
+            await asyncio.to_thread(wait_for_log, old, "draining: ")
             step["ready_after_sigterm"] = await asyncio.to_thread(readiness, old)
             try:
                 step["exit_code"] = await asyncio.to_thread(old.process.wait, DRAIN_TIMEOUT_S + 30)
@@ -269,7 +300,7 @@ async def hard_kill(fleet: Fleet, model: str) -> tuple[list[StreamRecord], Runni
         await load.wait_for(20)
         victim = fleet.replicas[0]
         # Wait (bounded) for streams to be under way on the victim, so the kill has something to lose.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + EVENT_WAIT_S
         while load.open_on(Fleet.address(victim)) == 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         open_at_kill = load.open_on(Fleet.address(victim))
@@ -277,7 +308,12 @@ async def hard_kill(fleet: Fleet, model: str) -> tuple[list[StreamRecord], Runni
         # The whole process group, as a container runtime kills a container: server and engine.
         os.killpg(victim.process.pid, signal.SIGKILL)
         await asyncio.to_thread(victim.process.wait, 10)
-        await asyncio.sleep(8)  # the load keeps running against the survivor
+        # The load keeps running against the survivor until AFTER_KILL_REQUESTS requests sent
+        # after the kill have ended, however they ended (the assertions judge them).
+        deadline = time.monotonic() + EVENT_WAIT_S
+        while sum(o.started > killed_at and o.ended is not None for o in load.outcomes) < AFTER_KILL_REQUESTS:
+            assert time.monotonic() < deadline, f"fewer than {AFTER_KILL_REQUESTS} requests ended after the kill"
+            await asyncio.sleep(0.05)
     finally:
         load.stop.set()
         outcomes = await load_task

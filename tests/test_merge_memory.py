@@ -22,6 +22,7 @@ a bound of 192 MiB and a model of 400 MiB.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -184,23 +185,78 @@ def partial_directories(parent: Path) -> list[Path]:
     return list(parent.glob(".out.partial-*"))
 
 
+# The real command, held after it wrote its first tensor into the partial directory until a
+# signal ends the hold, so that the signal always lands mid-merge: a merge left to run can finish
+# before the signal does on a stalled machine. The hold is announced by a marker file; SIGTERM's
+# handler (the merge's own) and SIGINT's (Python's) raise out of the sleep as they would out of
+# the merge's own work.
+# SIGINT is put back to Python's handler first, as in a terminal where Ctrl-C reaches the merge:
+# a test run started in the background (a shell's `&`, some CI runners) hands its children
+# SIGINT ignored, and Python keeps an inherited SIG_IGN, so the merge never sees the signal and
+# runs to its end (exit code 0).
+HELD_MERGE = """
+import os, runpy, signal, sys, time
+from pathlib import Path
+from server.merge.safetensors_writer import ShardedSafetensorsWriter
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+write = ShardedSafetensorsWriter.write
+
+def write_then_hold(self, name, tensor):
+    write(self, name, tensor)
+    ShardedSafetensorsWriter.write = write  # hold once
+    self._file.flush()
+    Path(os.environ["MERGE_HELD_MARKER"]).touch()
+    time.sleep({hold_s})
+    raise SystemExit("held merge: no signal came in {hold_s} s")
+
+ShardedSafetensorsWriter.write = write_then_hold
+sys.argv[0] = "airoboros-server"
+runpy.run_module("server", run_name="__main__")
+"""
+# Start-up (Python, torch, the merge's plan) until the hold, and the hold itself: each wait ends
+# as soon as its event comes; the bounds allow for a CI machine that stalls for tens of seconds.
+HELD_START_S = 300
+HOLD_S = 600
+
+
+def start_held_merge(root: Path, tmp_path: Path, **pipes) -> subprocess.Popen:
+    """The merge of `big` into tmp_path/out, once it is held mid-merge: a tensor written to its
+    partial directory, OUT not there."""
+    marker = tmp_path.parent / f"{tmp_path.name}.merge-held"
+    process = subprocess.Popen(
+        [sys.executable, "-c", HELD_MERGE.format(hold_s=HOLD_S), "merge",
+         str(root / "base"), str(root / "adapter"), str(tmp_path / "out")],
+        cwd=REPO_ROOT, env={**os.environ, "MERGE_HELD_MARKER": str(marker)}, **pipes,
+    )
+    try:
+        deadline = time.monotonic() + HELD_START_S
+        while not marker.exists():
+            assert process.poll() is None, f"the merge ended (exit code {process.returncode}) before it was held"
+            assert time.monotonic() < deadline, f"the merge was not held in {HELD_START_S} s"
+            time.sleep(0.02)
+        (partial,) = partial_directories(tmp_path)
+        assert [path.stat().st_size > 0 for path in partial.iterdir()] == [True]  # the first shard, begun
+        assert not (tmp_path / "out").exists()
+    except BaseException:
+        process.kill()
+        process.wait(timeout=60)
+        raise
+    return process
+
+
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_an_interrupted_merge_leaves_no_output(big, tmp_path, signal_number):
     root, _, _ = big
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", "merge", str(root / "base"), str(root / "adapter"), str(tmp_path / "out")],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not any(p.iterdir() for p in partial_directories(tmp_path)):  # a shard is being written
-        assert process.poll() is None, "the merge ended before it could be interrupted"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal_number)
-    _, stderr = process.communicate(timeout=60)
+    process = start_held_merge(root, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        process.send_signal(signal_number)
+        # The merge stops at once, removing its partial directory: the bound allows for CI's stalls.
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()  # if it is still running (no-op once it has exited)
+        process.wait(timeout=60)
     assert process.returncode != 0
     assert stderr.strip().splitlines()[-1] == "airoboros-server merge: interrupted; nothing was written"
     assert "Traceback" not in stderr
@@ -209,17 +265,8 @@ def test_an_interrupted_merge_leaves_no_output(big, tmp_path, signal_number):
 
 def test_a_killed_merge_leaves_no_out_only_its_hidden_partial_directory(big, tmp_path):
     root, _, _ = big
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", "merge", str(root / "base"), str(root / "adapter"), str(tmp_path / "out")],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not any(p.iterdir() for p in partial_directories(tmp_path)):
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
+    process = start_held_merge(root, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     process.kill()
-    process.wait(timeout=60)
+    process.wait(timeout=60)  # SIGKILL: at once; the bound allows for CI's stalls
     assert not (tmp_path / "out").exists()
     assert [p.name.startswith(".out.partial-") for p in tmp_path.iterdir()] == [True]

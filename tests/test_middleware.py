@@ -157,10 +157,9 @@ def test_the_access_log_has_one_json_line_per_request_without_prompt_or_output(s
     marker = "walrus-kettle-42"
     response = httpx.post(server.base_url + "/v1/chat/completions", json=_chat(f"Repeat {marker}", max_tokens=6),
                           headers={"X-Request-Id": "ops-access-log"}, timeout=30)
-    time.sleep(0.1)
-    lines = [line for line in server.log_text().splitlines() if '"request_id": "ops-access-log"' in line]
-    assert len(lines) == 1
-    entry = server.access_log_entry("ops-access-log")
+    entry = server.access_log_entry("ops-access-log")  # waits for the line
+    server.access_log_barrier()  # a second line for it, were there one, is in the log by now
+    assert len(server.access_log_lines("ops-access-log")) == 1
     assert entry["status"] == 200 and entry["path"] == "/v1/chat/completions" and entry["method"] == "POST"
     assert entry["completion_tokens"] == response.json()["usage"]["completion_tokens"] == 6
     assert entry["prompt_tokens"] == response.json()["usage"]["prompt_tokens"]
@@ -173,7 +172,7 @@ def test_the_access_log_has_one_json_line_per_request_without_prompt_or_output(s
 def test_health_and_metrics_are_not_in_the_access_log(server):
     for path in ("/health", "/health/ready", "/metrics"):
         httpx.get(server.base_url + path, headers={"X-Request-Id": f"probe{path.replace('/', '-')}"}, timeout=10)
-    time.sleep(0.1)
+    server.access_log_barrier()  # the probes' lines, were they written, are in the log by now
     assert "probe-health" not in server.log_text() and "probe-metrics" not in server.log_text()
 
 

@@ -28,6 +28,8 @@ LEAK = re.compile(r"Traceback|File \"|/work/|/root/|/home/|site-packages|0x[0-9a
 
 def assert_error_body(body: dict, schemas: OpenAISchemas, *, type: str, code: str | None = None, param=...) -> None:
     schemas.assert_valid("ErrorResponse", body)
+    # OpenAI's shape exactly: {"error": {"message", "type", "param", "code"}}, nothing else.
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
     error = body["error"]
     assert error["type"] == type
     if code is not None:
@@ -141,6 +143,7 @@ def test_unknown_model_is_404_model_not_found(client, default_server, schemas):
         assert_error_body(caught.value.response.json(), schemas, type="not_found_error", param="model")
     render = httpx.post(default_server.base_url + "/v1/chat/render", json={"model": "gpt-4o", "messages": QUESTION})
     assert render.status_code == 404
+    assert_error_body(render.json(), schemas, type="not_found_error", code="model_not_found", param="model")
 
 
 def test_unknown_route_is_404_in_openai_shape(default_server, schemas, client):
@@ -238,4 +241,4 @@ def test_non_stream_timeout_is_a_clear_504(impatient_server, schemas):
         timeout=60,
     )
     assert response.status_code == 504
-    assert_error_body(response.json(), schemas, type="server_error", code="timeout")
+    assert_error_body(response.json(), schemas, type="server_error", code="timeout", param=None)

@@ -187,9 +187,10 @@ class Round:
         return int(parts[1]) if self.response.startswith(b"HTTP/1.1 ") and len(parts) > 1 else None
 
 
-async def _hostile(port: int, kind: str, stop: asyncio.Event) -> list[Round]:
+async def _hostile(port: int, kind: str, stop: asyncio.Event, connected: list[str]) -> list[Round]:
     """Connect, then send a head a byte at a time ("slow"), a stalled body ("body") or nothing
-    ("idle"), until the server answers and closes; again, until `stop` or HOSTILE_ROUNDS."""
+    ("idle"), until the server answers and closes; again, until `stop` or HOSTILE_ROUNDS. Its
+    kind goes into `connected` once its first connection is open."""
     rounds = []
     for _ in range(HOSTILE_ROUNDS):
         if stop.is_set():
@@ -198,6 +199,8 @@ async def _hostile(port: int, kind: str, stop: asyncio.Event) -> list[Round]:
         # (with hundreds of connections this loop may resume long after it).
         opened = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        if not rounds:
+            connected.append(kind)
 
         async def dribble() -> None:
             with_errors = (ConnectionError, OSError)
@@ -237,8 +240,16 @@ async def _attack(server: RunningServer, model: str) -> dict:
         baseline = [await _chat(client, model) for _ in range(3)]
         stop = asyncio.Event()
         kinds = ["slow"] * HOSTILE_EACH + ["idle"] * HOSTILE_EACH + ["body"] * 5
-        hostile = [asyncio.create_task(_hostile(server.port, kind, stop)) for kind in kinds]
-        await asyncio.sleep(1.0)  # let them connect
+        connected: list[str] = []
+        hostile = [asyncio.create_task(_hostile(server.port, kind, stop, connected)) for kind in kinds]
+        # Every hostile client connected before the normal one is measured. Connecting takes
+        # moments; the bound is for a CI machine that stalls for tens of seconds.
+        deadline = time.monotonic() + 60
+        while len(connected) < len(kinds):
+            failed = [task.exception() for task in hostile if task.done() and task.exception()]
+            assert not failed, f"a hostile client failed: {failed[0]!r}"
+            assert time.monotonic() < deadline, f"{len(connected)} of {len(kinds)} hostile clients connected"
+            await asyncio.sleep(0.01)
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 40_000)
         try:

@@ -53,7 +53,10 @@ def test_plain_input_gives_a_completed_message(respond):
     usage = response.usage
     assert usage.input_tokens > 0 and 0 < usage.output_tokens < 32
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
-    assert usage.input_tokens_details.cached_tokens >= 0
+    # What the prefix cache holds of this prompt depends on what the shared server answered
+    # before (test_usage.py checks the counts): a part of the input, which may be none of it.
+    assert isinstance(usage.input_tokens_details.cached_tokens, int)
+    assert 0 <= usage.input_tokens_details.cached_tokens <= usage.input_tokens
     assert response.store is False
 
 

@@ -120,6 +120,7 @@ def test_models_lists_the_served_model_with_its_context(default_server, default_
     assert card["prompt_format"] == "airoboros"
 
 
-def test_health_answers_200(default_server):
+def test_health_answers_200_with_the_phase(default_server):
     response = httpx.get(default_server.base_url + "/health")
-    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert (response.status_code, response.json()) == (200, {"status": "ready"})

@@ -13,8 +13,9 @@ import pytest
 pytestmark = pytest.mark.engine
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-# About 1,900 tokens: long enough that computing it again is clearly slower than reading it
-# from the prefix cache (vLLM's CPU build caches whole blocks of 128 tokens).
+# About 1,900 tokens: many whole blocks for the prefix cache (vLLM's CPU build caches whole
+# blocks of 128 tokens). What a hit saves in time to first token is a benchmark's question, not
+# a test's: bench/prefix_cache.py prints it, cached beside cold.
 LONG_TEXT = " ".join(f"Fact {i}: {i} times {i} is {i * i}." for i in range(100))
 
 
@@ -35,21 +36,14 @@ def cached_metric(server, route: str) -> float:
 def test_a_long_chat_sent_twice_is_read_from_the_prefix_cache(client, default_server, default_model_name):
     messages = [{"role": "system", "content": fresh_system_text()}, *QUESTION]
     counted_before = cached_metric(default_server, "/v1/chat/completions")
-    answers, ttfts = [], []
-    for attempt in ("first", "second"):
-        request_id = f"cache-{attempt}-{uuid.uuid4().hex[:8]}"
-        answers.append(
-            client.chat.completions.create(
-                model=default_model_name, messages=messages, temperature=0, max_tokens=1,
-                extra_headers={"X-Request-Id": request_id},
-            )
-        )
-        ttfts.append(default_server.access_log_entry(request_id)["ttft_s"])
+    answers = [
+        client.chat.completions.create(model=default_model_name, messages=messages, temperature=0, max_tokens=1)
+        for _ in ("first", "second")
+    ]
     first, second = (answer.usage for answer in answers)
     assert first.prompt_tokens == second.prompt_tokens > 1500
     assert first.prompt_tokens_details.cached_tokens == 0
     assert 0 < second.prompt_tokens_details.cached_tokens < second.prompt_tokens
-    assert ttfts[1] < ttfts[0], f"cached TTFT {ttfts[1]} s is not below the cold {ttfts[0]} s"
     counted = cached_metric(default_server, "/v1/chat/completions") - counted_before
     assert counted == second.prompt_tokens_details.cached_tokens
 
