@@ -30,7 +30,8 @@ ENVIRONMENT_ONLY = {"api_keys"}
 
 
 def _is_bool(annotation: Any) -> bool:
-    return annotation is bool
+    """`bool`, or `bool | None` (a switch whose default the server decides)."""
+    return annotation is bool or set(typing.get_args(annotation)) == {bool, type(None)}
 
 
 def _is_list(annotation: Any) -> bool:

@@ -40,9 +40,10 @@ class Settings(BaseSettings):
     )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs (CPU: sockets) per replica.")
     dtype: str = Field("auto", description="Weights dtype: auto, bfloat16, float16, float32.")
-    enforce_eager: bool = Field(
-        False,
-        description="Skip graph compilation: starts several times faster, decodes slower.",
+    enforce_eager: bool | None = Field(
+        None,
+        description="Skip graph compilation: starts about 4x faster, decodes about a fifth slower. "
+        "Default: on for vLLM's CPU build, off on GPUs (CUDA graphs).",
     )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU memory share for vLLM.")
     cpu_kv_cache_gib: int | None = Field(

