@@ -66,14 +66,15 @@ $(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
 bench: $(BENCH_INSTALLED)
 	$(PY) -m bench $(BENCH_ARGS)
 
-# GPU acceptance on a CUDA host (server/gpu/check.py): installs the GPU build, serves tiny MPTs
-# with the defaults and compares them with transformers on the same GPU; GPU_CHECK_ARGS="--model
-# DIR" also serves the real checkpoint and measures it. Report: gpu-check-report/.
+# GPU acceptance on a CUDA host (bench/gpu_check.py: checkout tooling, not in the package): installs
+# the GPU build, serves tiny MPTs with the defaults and compares them with transformers on the same
+# GPU; GPU_CHECK_ARGS="--model DIR" also serves the real checkpoint and measures it. Report:
+# gpu-check-report/.
 GPU_CHECK_ARGS ?=
 .PHONY: gpu-check
 gpu-check:
 	$(MAKE) install VLLM_BUILD=gpu
-	$(PY) -m server.gpu.check --device cuda $(GPU_CHECK_ARGS)
+	$(PY) -m bench.gpu_check --device cuda $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .hypothesis

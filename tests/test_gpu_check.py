@@ -1,6 +1,6 @@
 """`make gpu-check`'s script runs here in its CPU mode, so it cannot rot between GPU runs.
 
-`python -m server.gpu.check --device cpu` writes a tiny MPT with MPT-30B's head size (112), serves
+`python -m bench.gpu_check --device cpu` writes a tiny MPT with MPT-30B's head size (112), serves
 it with the real server on vLLM's CPU build, and compares teacher-forced log-probs and greedy
 tokens with transformers; the report must say it passed, with float32's agreement.
 """
@@ -20,7 +20,7 @@ from tests.support.server import REPO_ROOT
 def test_gpu_check_cpu_mode_serves_a_tiny_mpt_and_matches_transformers(tmp_path, neox_tokenizer_file):
     out = tmp_path / "report"
     run = subprocess.run(
-        [sys.executable, "-m", "server.gpu.check", "--device", "cpu", "--out", str(out),
+        [sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--out", str(out),
          "--tokenizer", str(neox_tokenizer_file)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
     )

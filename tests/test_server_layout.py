@@ -1,6 +1,6 @@
 """The house rules of server/ that a grep can check: where vLLM is imported, where the process
-environment is written, that sse-starlette is used through its public API only, and that
-routes hold no `assert`."""
+environment is written, that sse-starlette is used through its public API only, that routes hold
+no `assert`, and that the shipped package needs nothing of the checkout (tests/, bench/)."""
 
 from __future__ import annotations
 
@@ -80,3 +80,24 @@ def test_routes_hold_no_assert():
         if path.startswith("server/api/"):
             asserts = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]
             assert asserts == [], f"{path}: assert at lines {asserts}"
+
+
+CHECKOUT_ONLY = ("tests", "bench", "harness")  # not in the wheel or the image (.dockerignore)
+
+
+def test_the_shipped_package_imports_nothing_of_the_checkout():
+    offenders = {}
+    for path, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Attribute) and ast.unparse(node) == "sys.path":
+                offenders.setdefault(path, []).append(f"line {node.lineno}: sys.path")
+                continue
+            else:
+                continue
+            offenders.setdefault(path, []).extend(
+                f"line {node.lineno}: {name}" for name in names if name.split(".")[0] in CHECKOUT_ONLY)
+    assert {path: found for path, found in offenders.items() if found} == {}

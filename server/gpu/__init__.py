@@ -4,8 +4,10 @@
 - `attention`: the attention backend that computes MPT's ALiBi right on each GPU, as vLLM engine
   arguments, the check of a user's `--attention-backend`, and the model's load-time refusal;
 - `sizing` and `plan`: weights, KV cache, sequences and the decode bound for a set-up, and the
-  `airoboros-server plan` command (also run at start on GPU hosts);
-- `check`: the acceptance script users run on a CUDA host (`make gpu-check`).
+  `airoboros-server plan` command (also run at start on GPU hosts).
+
+The acceptance script users run on a CUDA host (`make gpu-check`) is `bench/gpu_check.py`: it
+serves through the checkout's tests/support, which the installed package does not ship.
 
 Nothing here imports vLLM or torch at module level: `plan` and the settings answer without them.
 """

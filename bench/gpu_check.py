@@ -1,7 +1,7 @@
 """GPU acceptance check (`make gpu-check`): does this host serve MPT right, and how fast?
 
-    python -m server.gpu.check --device cuda [--model DIR] [--tensor-parallel-size 2] [--out DIR]
-    python -m server.gpu.check --device cpu     the same on vLLM's CPU build (what the tests run)
+    python -m bench.gpu_check --device cuda [--model DIR] [--tensor-parallel-size 2] [--out DIR]
+    python -m bench.gpu_check --device cpu     the same on vLLM's CPU build (what the tests run)
 
 1. Tiny random MPTs with MPT-30B's head size 112 and with 128 (and one at tensor parallel 2 when
    two GPUs are visible) are written, served by the real server with its defaults (attention
@@ -16,9 +16,11 @@
    decode bound for this host.
 3. `report.json` and `report.md` go to `--out` (written whole, then moved into place).
 
-It runs from a checkout (it uses tests/support and bench/), needs the GPT-NeoX tokenizer for the
-tiny models (`--tokenizer`, else ../shared/data, else the real checkpoint's, else the embedded
-default model's), and exits 0 only when every check passed.
+It lives in bench/, not in the shipped `server/` package, because it runs from a checkout: it
+serves through tests/support and measures with bench/load.py. Run it from the repository root
+(`python -m` puts the root on sys.path). It needs the GPT-NeoX tokenizer for the tiny models
+(`--tokenizer`, else ../shared/data, else the real checkpoint's, else the embedded default
+model's), and exits 0 only when every check passed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a land far away,"]
 CONTINUATION = 16
 TOLERANCE = {"cpu": 1e-3, "cuda": 0.15}
@@ -205,14 +207,13 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.gpu.check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--model", type=Path, help="the real checkpoint, served and measured too")
     parser.add_argument("--tensor-parallel-size", type=int, default=None, help="for --model (default: GPUs visible)")
     parser.add_argument("--tokenizer", type=Path, help="tokenizer.json for the tiny models")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "gpu-check-report")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO_ROOT))  # tests/support and bench/ come from the checkout
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
