@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         None, ge=1, description="KV cache GiB on CPU hosts (VLLM_CPU_KVCACHE_SPACE; whole GiB; default 4)."
     )
     max_num_seqs: int | None = Field(None, ge=1, description="Sequences the engine batches at once.")
+    kv_offload_gib: float | None = Field(
+        None, gt=0,
+        description="Host-RAM tier for the KV cache, GiB for the whole replica (all GPUs together): "
+        "vLLM's CPU offloading copies prompt KV blocks there, so a returning conversation reloads "
+        "its earlier prompt over PCIe instead of prefilling it again. GPUs only. Default: off.",
+    )
     attention_backend: str = Field(
         "auto",
         description="vLLM attention backend: auto (the server's ALiBi-safe choice per GPU), "

@@ -232,11 +232,37 @@ def test_gpu_pods_tolerate_the_gpu_taint_and_select_gpu_nodes(overlay: str) -> N
     assert spec["nodeSelector"]
 
 
+def kv_offload_bytes(overlay: str) -> float:
+    """The host-RAM KV tier the overlay sets (0 when none): vLLM maps it in /dev/shm."""
+    return float(container_env(overlay).get("AIROBOROS_KV_OFFLOAD_GIB", 0)) * 2**30
+
+
 def test_tensor_parallel_shared_memory_is_16_to_20_gib() -> None:
+    """16-20 GiB for NCCL and IPC, beside the host-RAM KV tier that vLLM maps in /dev/shm too."""
     shm = volume("gpu-tp2", "dshm")["emptyDir"]
     assert shm["medium"] == "Memory"
-    assert 16 * 2**30 <= quantity_bytes(shm["sizeLimit"]) <= 20 * 2**30
+    assert 16 * 2**30 <= quantity_bytes(shm["sizeLimit"]) - kv_offload_bytes("gpu-tp2") <= 20 * 2**30
     assert mount("gpu-tp2", "dshm")["mountPath"] == "/dev/shm"
+
+
+@gpu
+def test_gpu_overlays_keep_a_host_ram_kv_tier_below_the_memory_limit(overlay: str) -> None:
+    """vLLM's CPU offloading maps its whole buffer as one file in /dev/shm
+    (vllm/v1/kv_offload/cpu/shared_offload_region.py) and touches all of it at start: the RAM
+    emptyDir must hold it beside the IPC share, and the memory limit both and the processes."""
+    from server.gpu.sizing import MPT_30B, kv_bytes_per_token
+
+    env = container_env(overlay)
+    Settings(kv_offload_gib=env["AIROBOROS_KV_OFFLOAD_GIB"])  # a valid value of the setting
+    offload = kv_offload_bytes(overlay)
+    limits = server_container(deployment(overlay))["resources"]["limits"]
+    limit = quantity_bytes(limits["memory"])
+    shm = quantity_bytes(volume(overlay, "dshm")["emptyDir"]["sizeLimit"])
+    full_length = int(env["AIROBOROS_MAX_MODEL_LEN"]) * kv_bytes_per_token(MPT_30B, "bfloat16")
+    assert offload >= full_length, "the tier should keep at least one full-length conversation"
+    assert shm - offload >= 4 * 2**30, "/dev/shm keeps its IPC share beside the tier"
+    assert offload + 24 * 2**30 <= limit - (shm - offload), "the processes keep 24 GiB beside both"
+    assert offload < limit
 
 
 @serving

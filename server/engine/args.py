@@ -111,8 +111,60 @@ def resolved_enforce_eager(settings: Settings) -> bool:
     return _vllm_cpu_build()
 
 
+# --- the host-RAM tier of the KV cache ------------------------------------------------------
+# vLLM 0.32 turns `kv_offloading_size` (GiB) and `kv_offloading_backend` into a
+# `kv_transfer_config` itself (`VllmConfig._post_init_kv_transfer_config`, vllm/config/vllm.py:1099).
+# "native" is CacheConfig's default and the one its docstring calls "vLLM native CPU offloading"
+# (vllm/config/cache.py:272): the engine's own OffloadingConnector with
+# `cpu_bytes_to_use = kv_offloading_size × 2^30`, the total over all tensor-parallel ranks
+# (vllm/v1/kv_offload/cpu/spec.py:102-119). The other value, "lmcache", hands the capacity to a
+# separate LMCache server process that this image does not have and ignores the size
+# (vllm/config/vllm.py:1124). Named here rather than left to the default, so a vLLM upgrade that
+# changed the default would not change what `--kv-offload-gib` means.
+# What the native backend does on a CUDA host, read in vLLM 0.32: it maps the whole buffer as one
+# file, /dev/shm/vllm_offload_<engine>.mmap, touched in full at start and pinned
+# (vllm/v1/kv_offload/cpu/shared_offload_region.py:110-137; it refuses to start when /dev/shm
+# has not that much free), so a container's /dev/shm and memory limit must hold it (the GPU
+# overlays size both). It stores prompt blocks only (`offload_prompt_only`, default true,
+# vllm/v1/kv_offload/base.py:620): a conversation that comes back reloads its last prompt from
+# host RAM and prefills the last reply and the new message.
+KV_OFFLOAD_BACKEND = "native"
+
+
+class KvOffloadRefused(ValueError):
+    """`--kv-offload-gib` on a vLLM build that cannot offload; the message says what to do."""
+
+
+def kv_offload_problem(settings: Settings) -> str | None:
+    """Why this host's vLLM cannot have the host-RAM KV tier, in one line; None when it can (or
+    none was asked for). vLLM's offloading worker refuses every platform but CUDA-alike GPUs and
+    XPUs (`CPUOffloadingSpec.get_worker`, vllm/v1/kv_offload/cpu/spec.py:197-203), and only once
+    the engine's workers are up, minutes into a start: the CPU build is known here, at once,
+    without importing vLLM."""
+    if settings.kv_offload_gib is None or not _vllm_cpu_build():
+        return None
+    return (
+        f"--kv-offload-gib {settings.kv_offload_gib:g}: vLLM's CPU build cannot offload the KV "
+        "cache to host RAM (vLLM offloads from CUDA and XPU GPUs only); on a CPU host the KV cache "
+        "is in RAM already: leave --kv-offload-gib (AIROBOROS_KV_OFFLOAD_GIB) unset and size the "
+        "cache with --cpu-kv-cache-gib"
+    )
+
+
+def kv_offload_engine_arguments(settings: Settings) -> dict[str, Any]:
+    """The `AsyncEngineArgs` fields of `--kv-offload-gib`: none when it is off."""
+    if settings.kv_offload_gib is None:
+        return {}
+    if (problem := kv_offload_problem(settings)) is not None:
+        raise KvOffloadRefused(problem)
+    # vLLM computes block hashes whenever a KV connector is set (vllm/v1/engine/core.py:232), and
+    # keeps its GPU prefix caching on by default for a causal model: both left to vLLM.
+    return {"kv_offloading_size": settings.kv_offload_gib, "kv_offloading_backend": KV_OFFLOAD_BACKEND}
+
+
 def engine_args(settings: Settings, model_dir: Path, served_name: str) -> Any:
     """vLLM's `AsyncEngineArgs` for `model_dir` under `settings`."""
+    offload = kv_offload_engine_arguments(settings)  # refused on vLLM's CPU build, before vLLM loads
     # Deferred: `--help` and settings errors answer without importing vLLM.
     from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -132,6 +184,8 @@ def engine_args(settings: Settings, model_dir: Path, served_name: str) -> Any:
         # vLLM's own Prometheus series (vllm:*) come from its stat loggers.
         disable_log_stats=False,
         trust_remote_code=False,
+        # The host-RAM KV tier (--kv-offload-gib; nothing when it is off).
+        **offload,
         # MPT's ALiBi needs a backend that applies it (server/gpu/attention.py).
         **attention_engine_arguments(settings.attention_backend, model_dir, settings.dtype, current_target()),
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from server.gpu.attention import Target
-from server.gpu.catalog import Gpu, bandwidth_for_driver_name
+from server.gpu.catalog import Gpu, entry_for_driver_name
 
 
 def current_target() -> Target:
@@ -26,16 +26,19 @@ def current_target() -> Target:
 
 
 def current_gpu() -> Gpu | None:
-    """The first visible CUDA GPU, with its spec-sheet bandwidth when the catalog knows it."""
+    """The first visible CUDA GPU, with its spec-sheet bandwidth, bf16 throughput and host link
+    when the catalog knows it."""
     from vllm.platforms import current_platform
 
     if not current_platform.is_cuda():
         return None
     name = current_platform.get_device_name()
     capability = current_platform.get_device_capability()
+    entry = entry_for_driver_name(name)
     return Gpu(
-        "this", name, current_platform.get_device_total_memory(), bandwidth_for_driver_name(name),
-        (capability.major, capability.minor),
+        "this", name, current_platform.get_device_total_memory(), entry.bandwidth_tbs if entry else None,
+        (capability.major, capability.minor), entry.bf16_tflops if entry else None,
+        entry.host_link_gbs if entry else None,
     )
 
 

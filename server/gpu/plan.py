@@ -4,6 +4,7 @@
     airoboros-server plan --model DIR --gpu-memory-gib 44.5 --gpu-bandwidth-tbs 0.864 --gpu-capability 8.9
     airoboros-server plan --gpu a10 --json
     airoboros-server plan --table            the common set-ups, as a Markdown table
+    airoboros-server plan --gpu h100-sxm --kv-offload-gib 200   and a host-RAM KV tier of 200 GiB
 
 Reads config.json only (no weights); without `--model` it plans MPT-30B's shape. Exits 0 when
 the set-up works (with a warning when fewer than two full-length sequences fit), 1 when it
@@ -22,7 +23,9 @@ from typing import Any
 
 from server.gpu.attention import SELECTABLE, normalise_backend_setting, serving_dtype
 from server.gpu.catalog import CATALOG, GIB, Gpu, custom_gpu, find_gpu, parse_capability
-from server.gpu.sizing import MPT_30B, QUANTIZED_LINEAR_BITS, Plan, Setup, describe_weights, make_plan
+from server.gpu.sizing import (
+    MPT_30B, PREFILL_EFFICIENCY, QUANTIZED_LINEAR_BITS, HostTier, Plan, Setup, describe_weights, make_plan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,17 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
         gpu = custom_gpu(args.gpu_memory_gib, args.gpu_bandwidth_tbs, parse_capability(args.gpu_capability))
     else:
         raise ValueError(f"give --gpu ({', '.join(CATALOG)}), or --gpu-memory-gib and --gpu-capability")
+    if args.gpu_tflops is not None:  # a catalog GPU's figures may be overridden by measured ones
+        gpu = replace(gpu, bf16_tflops=args.gpu_tflops)
+    if args.gpu_host_link_gbs is not None:
+        gpu = replace(gpu, host_link_gbs=args.gpu_host_link_gbs)
+    for flag, value in (("--kv-offload-gib", args.kv_offload_gib), ("--prefill-efficiency", args.prefill_efficiency)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{flag} must be above 0, not {value:g}")
+    if args.prefill_efficiency > 1:
+        raise ValueError(
+            f"--prefill-efficiency is a share of the GPU's throughput, at most 1, not {args.prefill_efficiency:g}"
+        )
     quantization = args.quantization or quantization_of(config)
     dtype = serving_dtype(args.dtype, {**config, "torch_dtype": config.get("torch_dtype", "bfloat16")})
     if quantization in ("awq", "gptq"):
@@ -74,7 +88,27 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
         quantization=quantization, max_model_len=args.max_model_len or spec.max_seq_len,
         gpu_memory_utilization=args.gpu_memory_utilization, overhead_gib=args.overhead_gib,
         attention_backend=normalise_backend_setting(args.attention_backend),
+        kv_offload_gib=args.kv_offload_gib, prefill_efficiency=args.prefill_efficiency,
     )
+
+
+def host_tier_json(tier: HostTier | None, setup: Setup) -> dict[str, Any] | None:
+    if tier is None:
+        return None
+    return {
+        "kv_offload_gib": tier.gib,
+        "host_bytes_per_block": tier.row_bytes,
+        "tokens": tier.tokens,
+        "max_len_sequences": round(tier.max_len_sequences, 2),
+        "max_len_sequence_gib": round(tier.sequence_bytes / GIB, 2),
+        "max_len_sequence_gib_per_gpu": round(tier.sequence_bytes_per_gpu / GIB, 2),
+        "host_link_gbs_per_gpu": setup.gpu.host_link_gbs,
+        "gpu_bf16_tflops": setup.gpu.bf16_tflops,
+        "prefill_efficiency": setup.prefill_efficiency,
+        "load_s_per_max_len_sequence": _round(tier.load_s, 3),
+        "prefill_s_per_max_len_sequence": _round(tier.prefill_s, 3),
+        "load_speedup_over_prefill": _round(tier.speedup, 1),
+    }
 
 
 def as_json(plan: Plan) -> dict[str, Any]:
@@ -100,14 +134,42 @@ def as_json(plan: Plan) -> dict[str, Any]:
         "flash_attn_version": plan.attention.flash_attn_version if plan.attention else None,
         "decode_tokens_per_s_bound": _round(plan.decode_bound),
         "decode_tokens_per_s_bound_at_max_len": _round(plan.decode_bound_at_max_len),
+        "host_kv_tier": host_tier_json(plan.host_tier, setup),
         "verdict": plan.verdict,
         "problems": plan.problems,
         "suggestions": plan.suggestions,
     }
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def host_tier_lines(tier: HostTier, setup: Setup) -> list[str]:
+    lines = [
+        f"  host-RAM KV tier       {tier.gib:g} GiB = {tier.tokens:,} tokens = {tier.max_len_sequences:.2f} "
+        f"full-length sequences kept warm (whole-model KV, {tier.row_bytes:,} B per 16-token block; "
+        "the size is for all GPUs together)",
+    ]
+    sequence = f"a full {setup.max_model_len:,}-token KV ({tier.sequence_bytes / GIB:.1f} GiB"
+    sequence += f", {tier.sequence_bytes_per_gpu / GIB:.2f} GiB per GPU)" if setup.tensor_parallel_size > 1 else ")"
+    gpu = setup.gpu
+    load = (
+        f"loads in {tier.load_s:.3f} s over PCIe (~{gpu.host_link_gbs:g} GB/s per GPU)"
+        if tier.load_s else "load time unknown (no host link figure: --gpu-host-link-gbs)"
+    )
+    prefill = (
+        f"prefilling it takes ~{tier.prefill_s:.3f} s (2 × {setup.spec.parameter_count() / 1e9:.2f}B parameters × "
+        f"{setup.max_model_len:,} tokens at {setup.prefill_efficiency:g} of {gpu.bf16_tflops:g} TFLOP/s"
+        f"{' per GPU' if setup.tensor_parallel_size > 1 else ''})"
+        if tier.prefill_s else "prefill time unknown (no TFLOP/s figure: --gpu-tflops)"
+    )
+    lines.append(f"  cached turn            {sequence}: {load}; {prefill}")
+    if tier.speedup:
+        lines.append(
+            f"                         reloading a cached turn is ~{tier.speedup:.1f}× faster than prefilling it again"
+        )
+    return lines
 
 
 def as_text(plan: Plan) -> str:
@@ -136,6 +198,8 @@ def as_text(plan: Plan) -> str:
         f"  attention              {backend}",
         f"  batch-1 decode bound   {bound}",
     ]
+    if plan.host_tier is not None:
+        lines.extend(host_tier_lines(plan.host_tier, setup))
     if plan.verdict == "fits":
         lines.append("fits")
     else:
@@ -193,6 +257,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--overhead-gib", type=float, default=2.0, help="vLLM's own memory per GPU (estimate)")
     parser.add_argument("--attention-backend", default="auto", help=", ".join(SELECTABLE))
+    parser.add_argument(
+        "--kv-offload-gib", type=float,
+        help="host RAM for the KV cache tier (serve's --kv-offload-gib), GiB for all GPUs together",
+    )
+    parser.add_argument("--gpu-tflops", type=float, help="dense bf16 TFLOP/s per GPU (default: the catalog's)")
+    parser.add_argument(
+        "--gpu-host-link-gbs", type=float,
+        help="effective host-to-GPU GB/s per GPU (default: the catalog's, ~50 PCIe Gen5, ~25 Gen4)",
+    )
+    parser.add_argument(
+        "--prefill-efficiency", type=float, default=PREFILL_EFFICIENCY,
+        help=f"share of the GPU's TFLOP/s a long prefill reaches (default {PREFILL_EFFICIENCY:g})",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as a JSON object")
     parser.add_argument("--table", action="store_true", help="common set-ups as a Markdown table")
     return parser
@@ -233,6 +310,7 @@ def check_at_start(settings: Any, model_dir: Path, gpu: Gpu | None) -> None:
         max_model_len=settings.max_model_len or spec.max_seq_len,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         attention_backend=settings.attention_backend,
+        kv_offload_gib=getattr(settings, "kv_offload_gib", None),
     ))
     if plan.verdict == "impossible":
         raise GpuPlanRefused(refusal(plan))
@@ -242,6 +320,12 @@ def check_at_start(settings: Any, model_dir: Path, gpu: Gpu | None) -> None:
         "plan: %.1f GiB of weights per GPU, about %d KV cache tokens (%.1f full-length sequences)",
         plan.weights_bytes_per_gpu / GIB, plan.kv_cache_tokens, plan.max_len_sequences,
     )
+    if (tier := plan.host_tier) is not None:
+        logger.info(
+            "plan: the host-RAM KV tier of %g GiB holds about %d tokens (%.1f full-length sequences)%s",
+            tier.gib, tier.tokens, tier.max_len_sequences,
+            f"; a cached full-length turn loads in about {tier.load_s:.2f} s" if tier.load_s else "",
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,20 @@ GPUs of a tensor-parallel group read their shards at once: tokens/s ≤ bandwidt
 per GPU. Measured on an H200 (4.8 TB/s by the spec sheet, 4.2 TB/s for a plain copy): streaming
 MPT-30B's bf16 weights took 15.2 ms per step (65.9/s, 82% of the 80/s bound), one TP2 rank's
 half 8.2 ms (122/s, 76% of 160/s), before attention, all-reduce and sampling.
+
+The host-RAM KV tier (`--kv-offload-gib`, vLLM's native CPU offloading) keeps KV blocks evicted
+from the GPUs in pinned host memory, so a conversation that comes back reloads its prefix instead
+of prefilling it again. vLLM sizes it for the whole replica: `cpu_bytes_to_use` = the GiB × 2^30,
+divided into rows of one KV block of every tensor-parallel rank (a rank's block bytes × the
+world size), each row rounded up to the host page (vllm/v1/kv_offload/cpu/spec.py:102-119). So
+a row holds one 16-token block of the whole model, all layers and all heads, and N GiB hold
+N × 2^30 ÷ (16 × whole-model KV bytes per token) blocks, whatever the tensor-parallel size. A
+cached turn costs the transfer of its KV over PCIe, each GPU its own shard over its own x16
+link at once (catalog: ~50 GB/s Gen5, ~25 GB/s Gen4), against prefilling those tokens again,
+estimated from compute as 2 × parameters × tokens ÷ (GPUs × dense bf16 TFLOP/s × an efficiency,
+0.5 by default). That estimate leaves out attention's quadratic work (about a tenth more at 8k
+tokens for MPT-30B) and counts the LM head for every token (about 1% too many): a lower bound
+on the prefill it saves, so the speed-up stated is not flattering.
 """
 
 from __future__ import annotations
@@ -30,6 +44,11 @@ TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 # of 128 (AWQ, GPTQ); fp8 keeps one scale per channel (negligible).
 QUANTIZED_LINEAR_BITS = {"none": None, "awq": 4 + 20 / 128, "gptq": 4 + 20 / 128, "fp8": 8.0}
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+# vLLM rounds each host row of offloaded KV up to the page (SharedOffloadRegion's
+# BLOCK_SIZE_ALIGNMENT = mmap.PAGESIZE: 4 KiB on x86-64 and Grace hosts with 4 KiB pages).
+HOST_PAGE_BYTES = 4096
+# Model FLOP utilisation assumed for a long prefill (dense bf16 GEMMs at thousands of tokens).
+PREFILL_EFFICIENCY = 0.5
 
 MPT_30B = MptSpec(
     d_model=7168, n_heads=64, kv_n_heads=64, n_layers=48, ffn_hidden_size=4 * 7168,
@@ -50,10 +69,30 @@ class Setup:
     gpu_memory_utilization: float = 0.9
     overhead_gib: float = 2.0
     attention_backend: str = "auto"
+    kv_offload_gib: float | None = None  # the host-RAM KV tier, whole replica; None: off
+    prefill_efficiency: float = PREFILL_EFFICIENCY
 
     @property
     def gpus_text(self) -> str:
         return f"{self.tensor_parallel_size} × {self.gpu.name}"
+
+
+@dataclass(frozen=True)
+class HostTier:
+    """The host-RAM KV tier of a set-up: what it holds, and what a cached turn costs."""
+
+    gib: float
+    row_bytes: int  # one 16-token block of every rank, page-aligned: vLLM's unit of host KV
+    tokens: int
+    max_len_sequences: float
+    sequence_bytes: int  # KV of one full-length sequence, whole model
+    sequence_bytes_per_gpu: int
+    load_s: float | None  # that sequence's KV host → GPUs; None without a host link figure
+    prefill_s: float | None  # prefilling it again; None without a TFLOP/s figure
+
+    @property
+    def speedup(self) -> float | None:
+        return self.prefill_s / self.load_s if self.load_s and self.prefill_s else None
 
 
 @dataclass
@@ -70,6 +109,7 @@ class Plan:
     attention_problem: str | None
     decode_bound: float | None
     decode_bound_at_max_len: float | None
+    host_tier: HostTier | None = None
     verdict: str = "fits"  # fits, warn, impossible
     problems: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
@@ -100,6 +140,31 @@ def kv_bytes_per_token(spec: MptSpec, dtype: str, tp: int = 1) -> int:
     return 2 * spec.n_layers * kv_heads * spec.head_dim * DTYPE_BYTES[dtype]
 
 
+def host_tier(setup: Setup) -> HostTier | None:
+    """What `--kv-offload-gib` holds and saves for this set-up; None when it is off."""
+    if setup.kv_offload_gib is None:
+        return None
+    spec, gpu, tp = setup.spec, setup.gpu, setup.tensor_parallel_size
+    per_token_gpu = kv_bytes_per_token(spec, setup.dtype, tp)
+    row = -(-KV_BLOCK_TOKENS * per_token_gpu * tp // HOST_PAGE_BYTES) * HOST_PAGE_BYTES
+    tokens = int(setup.kv_offload_gib * GIB) // row * KV_BLOCK_TOKENS
+    sequence_per_gpu = setup.max_model_len * per_token_gpu
+    prefill_flops = 2 * spec.parameter_count() * setup.max_model_len
+    return HostTier(
+        gib=setup.kv_offload_gib,
+        row_bytes=row,
+        tokens=tokens,
+        max_len_sequences=tokens / setup.max_model_len,
+        sequence_bytes=sequence_per_gpu * tp,
+        sequence_bytes_per_gpu=sequence_per_gpu,
+        load_s=sequence_per_gpu / (gpu.host_link_gbs * 1e9) if gpu.host_link_gbs else None,
+        prefill_s=(
+            prefill_flops / (tp * gpu.bf16_tflops * 1e12 * setup.prefill_efficiency)
+            if gpu.bf16_tflops else None
+        ),
+    )
+
+
 def make_plan(setup: Setup, suggest: bool = True) -> Plan:
     spec, gpu, tp = setup.spec, setup.gpu, setup.tensor_parallel_size
     weights = weight_bytes_per_gpu(spec, tp, setup.dtype, setup.quantization)
@@ -124,6 +189,7 @@ def make_plan(setup: Setup, suggest: bool = True) -> Plan:
         decode_bound_at_max_len=(
             bandwidth / (weights + setup.max_model_len * per_token_gpu) if bandwidth else None
         ),
+        host_tier=host_tier(setup),
     )
     _judge(plan)
     if suggest and plan.verdict != "fits":
