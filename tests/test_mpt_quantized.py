@@ -34,7 +34,7 @@ import torch
 
 from server.engine.platform import CPU_WNA16_OP, cpu_kernel_build, cpu_op_available, quantization_refusal
 from tests.support.cpu_kinds import CPU_KINDS, avx2_only_variables, environment_for
-from tests.support.server import REPO_ROOT, launch_server, running_server, stop_server
+from tests.support.server import REPO_ROOT, refused_start_log, running_server
 from tests.support.tiny_awq import make_tiny_awq_mpt, reference_without_act_scales
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a land far away,"]
@@ -89,13 +89,7 @@ def test_awq_checkpoint_without_act_scales_is_refused_at_load_naming_them(tmp_pa
 
 def assert_start_refused(directory, build: str, *args: str, env: dict[str, str] | None = None) -> None:
     """A real `serve` of the AWQ checkpoint exits 1 before building its engine, saying why in one line."""
-    server = launch_server("--model", str(directory), "--dtype", "float16", *args, env=env, wait_ready=False)
-    try:
-        code = server.process.wait(timeout=300)
-    finally:
-        stop_server(server)
-    log = server.log_text()
-    assert code == 1, log[-3000:]
+    log = refused_start_log("--model", str(directory), "--dtype", "float16", *args, env=env)
     assert f"the model could not be loaded: {quantization_refusal('awq', build)}\n" in log, log[-3000:]
     assert "loading model" not in log, "the engine was being built: " + log[-3000:]
 

@@ -266,6 +266,19 @@ def launch_server(
     )
 
 
+def refused_start_log(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    """Start `python -m server serve <args>` that must refuse to start: wait for it to exit with
+    status 1 (the bound only stops a server that hangs instead) and return its log."""
+    server = launch_server(*args, env=env, wait_ready=False)
+    try:
+        code = server.process.wait(timeout=timeout)
+    finally:
+        stop_server(server)
+    log = server.log_text()
+    assert code == 1, log[-3000:]
+    return log
+
+
 @contextlib.contextmanager
 def running_server(*args: str, **kwargs) -> Iterator[RunningServer]:
     server = launch_server(*args, **kwargs)
