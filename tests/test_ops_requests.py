@@ -66,17 +66,25 @@ def test_closing_a_stream_aborts_its_engine_request(default_server, default_mode
     body = {"model": default_model_name, "stream": True, **LONG}
     with httpx.stream("POST", base + "/v1/completions", json=body,
                       headers={"X-Request-Id": "ops-leave-stream"}, timeout=60) as response:
+        assert response.status_code == 200, response.read()
         # Keep the line iterator referenced: a dropped one would close the connection now.
         lines = response.iter_lines()
+        seen: list[str] = []
         for line in lines:
             event = parse_sse_line(line)
-            if event is not None and event.content:
-                break
-        _wait_running(base)
-    # Leaving the block closed the connection mid-stream.
+            if event is None:
+                continue
+            seen.append(event.data if event.data is not None else f":{event.comment}")
+            if event.content:
+                break  # a generated token: the engine is running the request now
+        else:
+            pytest.fail(f"the stream ended before its first token; its last events: {seen[-5:]}")
+    # Leaving the block closed the connection mid-stream, minutes before the 3,000 tokens; the
+    # abort counter and the access log tell an aborted request from one that ran to its end.
+    entry = default_server.access_log_entry("ops-leave-stream")
+    assert entry["aborted"] == "disconnect", entry
     _assert_engine_idle_at_once(base)
     _assert_abort_counted(base, before)
-    assert default_server.access_log_entry("ops-leave-stream")["aborted"] == "disconnect"
 
 
 @engine
