@@ -10,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
+_STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 _TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 
 
@@ -67,4 +68,20 @@ class Metrics:
         self.history_dropped = Counter(
             f"{prefix}_history_messages_dropped", "Chat messages dropped by the history policy.",
             registry=registry,
+        )
+        self.stored_responses = Gauge(
+            f"{prefix}_responses_stored", "Responses in the responses store (as of this replica's last call).",
+            registry=registry,
+        )
+        self.stored_bytes = Gauge(
+            f"{prefix}_responses_stored_bytes", "Bytes of the stored responses' JSON.", registry=registry
+        )
+        self.store_evictions = Counter(
+            f"{prefix}_responses_evicted",
+            "Stored responses removed by this replica: size (the byte bound, oldest first) or expired.",
+            ["reason"], registry=registry,
+        )
+        self.store_seconds = Histogram(
+            f"{prefix}_responses_store_seconds", "Time of one call to the responses store, by operation.",
+            ["operation"], buckets=_STORE_BUCKETS, registry=registry,
         )

@@ -6,6 +6,7 @@ here. The CLI builds flags from these fields, so a new setting is one new field.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,7 @@ from prompt_formats import format_names
 
 DEFAULT_CACHE_DIR = Path("~/.cache/airoboros-server")
 AUTO_PROMPT_FORMAT = "auto"
+DEFAULT_RESPONSES_STORE = "sqlite"
 
 
 class Settings(BaseSettings):
@@ -143,6 +145,26 @@ class Settings(BaseSettings):
     )
     warmup: bool = Field(True, description="Run one short generation before reporting ready.")
     log_prompts: bool = Field(False, description="Log prompt and output text.")
+
+    # --- the Responses API's store ---------------------------------------------------------
+    data_dir: Path | None = Field(
+        None,
+        description="Where the server keeps its data (the responses store's SQLite file). "
+        "Default: $XDG_DATA_HOME/airoboros-server, else ~/.local/share/airoboros-server.",
+    )
+    responses_store: str = Field(
+        DEFAULT_RESPONSES_STORE,
+        description="Where stored responses live: sqlite (a file under --data-dir), "
+        "sqlite:///PATH (sqlite:////abs/path), postgresql://... (shared by every replica), "
+        "or none (store off: `store: true` is a 400).",
+    )
+    responses_ttl: float = Field(
+        30 * 24 * 3600.0, gt=0, description="Seconds a stored response is kept (default 30 days)."
+    )
+    responses_max_bytes: int = Field(
+        1024**3, ge=1024,
+        description="Bytes of stored responses (their JSON), at most; the oldest are evicted first.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("model_aliases", "api_keys", "allowed_origins", "allowed_methods", "allowed_headers", mode="before")
@@ -150,6 +172,14 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("responses_store")
+    @classmethod
+    def _known_responses_store(cls, value: str) -> str:
+        from server.store.location import parse_store_location
+
+        parse_store_location(value)  # a ValueError names what is accepted
         return value
 
     @field_validator("attention_backend")
@@ -177,6 +207,13 @@ class Settings(BaseSettings):
 
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir.expanduser()
+
+    def resolved_data_dir(self) -> Path:
+        if self.data_dir is not None:
+            return self.data_dir.expanduser()
+        xdg = os.environ.get("XDG_DATA_HOME")
+        base = Path(xdg) if xdg else Path("~/.local/share").expanduser()
+        return base / "airoboros-server"
 
     def load_api_keys(self) -> list[str]:
         """Keys from the key file (one per line, `#` comments) and the environment."""

@@ -1,0 +1,208 @@
+"""The response store in SQL, for every backend: SQLite and PostgreSQL differ only in their
+`Dialect` (how to connect, the parameter mark, how a write transaction begins).
+
+One table of responses, one row of totals (responses and bytes) kept in the same transactions,
+so the byte bound is checked without summing the table. A write takes the totals row first: on
+PostgreSQL, writers from several replicas queue on it, so no two evict the same space twice.
+Records past their time to live are invisible at once and deleted by the next write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from server.store.base import PutResult, StoreLimits, StoredResponse, StoreTotals, StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+TABLE = "airoboros_responses"
+TOTALS = "airoboros_response_totals"
+EVICTION_BATCH = 64
+
+SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+        id TEXT PRIMARY KEY,
+        previous_id TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        status TEXT NOT NULL,
+        bytes BIGINT NOT NULL,
+        response TEXT NOT NULL,
+        input_items TEXT NOT NULL
+    )""",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_created ON {TABLE} (created_at)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_expires ON {TABLE} (expires_at)",
+    f"""CREATE TABLE IF NOT EXISTS {TOTALS} (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        responses BIGINT NOT NULL,
+        bytes BIGINT NOT NULL
+    )""",
+    f"INSERT INTO {TOTALS} (one, responses, bytes) VALUES (1, 0, 0) ON CONFLICT DO NOTHING",
+)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    connect: Callable[[], Any]  # a DB-API connection in autocommit mode
+    mark: str  # the parameter placeholder
+    begin_write: str  # starts a transaction that will write
+    errors: tuple[type[BaseException], ...]  # the driver's failures: the store is unavailable
+    schema_lock: str | None = None  # serialises schema creation between replicas
+
+
+class SQLResponseStore:
+    """`ResponseStore` on a DB-API connection; one thread at a time (`StoreArchive` sees to it)."""
+
+    def __init__(self, dialect: Dialect, limits: StoreLimits) -> None:
+        self.dialect = dialect
+        self.limits = limits
+        self._connection: Any = None
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", self.dialect.mark)
+
+    def _connect(self) -> Any:
+        if self._connection is None:
+            self._connection = self.dialect.connect()
+        return self._connection
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
+
+    @contextlib.contextmanager
+    def _cursor(self, begin: str | None = None) -> Iterator[Any]:
+        """A cursor, in a transaction when `begin` is given; a driver failure drops the
+        connection (the next call connects again) and becomes `StoreUnavailable`."""
+        try:
+            cursor = self._connect().cursor()
+            if begin is None:
+                yield cursor
+                return
+            cursor.execute(begin)
+            try:
+                yield cursor
+            except BaseException:
+                with contextlib.suppress(*self.dialect.errors):
+                    cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+        except self.dialect.errors as error:
+            # The error's class only: a driver message may quote the statement's values.
+            logger.warning("responses store (%s) failed: %s", self.dialect.name, type(error).__name__)
+            self._drop_connection()
+            raise StoreUnavailable(f"the {self.dialect.name} responses store failed") from error
+
+    def _totals(self, cursor: Any) -> StoreTotals:
+        cursor.execute(f"SELECT responses, bytes FROM {TOTALS} WHERE one = 1")
+        responses, size = cursor.fetchone()
+        return StoreTotals(int(responses), int(size))
+
+    def _count_removed(self, cursor: Any, removed: list[tuple[Any, ...]]) -> None:
+        if removed:
+            cursor.execute(
+                self._sql(f"UPDATE {TOTALS} SET responses = responses - ?, bytes = bytes - ? WHERE one = 1"),
+                (len(removed), sum(int(row[0]) for row in removed)),
+            )
+
+    # --- the interface --------------------------------------------------------------------
+
+    def open(self) -> StoreTotals:
+        with self._cursor(self.dialect.begin_write) as cursor:
+            if self.dialect.schema_lock:
+                cursor.execute(self.dialect.schema_lock)
+            for statement in SCHEMA:
+                cursor.execute(statement)
+            return self._totals(cursor)
+
+    def put(self, record: StoredResponse, now: float) -> PutResult:
+        response = json.dumps(record.response, separators=(",", ":"), ensure_ascii=False)
+        items = json.dumps(record.input_items, separators=(",", ":"), ensure_ascii=False)
+        size = len(response.encode()) + len(items.encode())
+        with self._cursor(self.dialect.begin_write) as cursor:
+            # The totals row first: concurrent writers wait here, not halfway through.
+            cursor.execute(f"UPDATE {TOTALS} SET responses = responses, bytes = bytes WHERE one = 1")
+            cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE id = ? RETURNING bytes"), (record.id,))
+            self._count_removed(cursor, cursor.fetchall())
+            cursor.execute(
+                self._sql(
+                    f"INSERT INTO {TABLE} (id, previous_id, created_at, expires_at, status, bytes, response, "
+                    "input_items) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                ),
+                (record.id, record.previous_id, record.created_at, now + self.limits.ttl_s, record.status,
+                 size, response, items),
+            )
+            cursor.execute(
+                self._sql(f"UPDATE {TOTALS} SET responses = responses + 1, bytes = bytes + ? WHERE one = 1"), (size,)
+            )
+            cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE expires_at <= ? RETURNING bytes"), (now,))
+            expired = cursor.fetchall()
+            self._count_removed(cursor, expired)
+            evicted = self._evict(cursor, keep=record.id)
+            return PutResult(self._totals(cursor), evicted=evicted, expired=len(expired))
+
+    def _evict(self, cursor: Any, keep: str) -> int:
+        """Delete the oldest responses until the bytes fit the bound (never `keep`, the one just
+        written: a response larger than the whole bound stays until the next write)."""
+        evicted = 0
+        while self._totals(cursor).bytes > self.limits.max_bytes:
+            cursor.execute(
+                self._sql(f"SELECT id, bytes FROM {TABLE} WHERE id <> ? ORDER BY created_at, id LIMIT ?"),
+                (keep, EVICTION_BATCH),
+            )
+            oldest = cursor.fetchall()
+            if not oldest:
+                break
+            excess = self._totals(cursor).bytes - self.limits.max_bytes
+            victims = []
+            for response_id, size in oldest:
+                victims.append((response_id,))
+                excess -= int(size)
+                if excess <= 0:
+                    break
+            cursor.executemany(self._sql(f"DELETE FROM {TABLE} WHERE id = ?"), victims)
+            self._count_removed(cursor, [(size,) for (rid, size) in oldest[: len(victims)]])
+            evicted += len(victims)
+        return evicted
+
+    def get(self, response_id: str, now: float) -> StoredResponse | None:
+        with self._cursor() as cursor:
+            cursor.execute(
+                self._sql(
+                    f"SELECT id, previous_id, created_at, status, response, input_items FROM {TABLE} "
+                    "WHERE id = ? AND expires_at > ?"
+                ),
+                (response_id, now),
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        rid, previous_id, created_at, status, response, items = row
+        return StoredResponse(rid, previous_id, float(created_at), status, json.loads(response), json.loads(items))
+
+    def delete(self, response_id: str, now: float) -> tuple[bool, StoreTotals]:
+        with self._cursor(self.dialect.begin_write) as cursor:
+            cursor.execute(f"UPDATE {TOTALS} SET responses = responses, bytes = bytes WHERE one = 1")
+            cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE id = ? RETURNING bytes, expires_at"), (response_id,))
+            removed = cursor.fetchall()
+            self._count_removed(cursor, removed)
+            # An expired one was already gone for every reader: deleting it is a 404 too.
+            existed = bool(removed) and float(removed[0][1]) > now
+            return existed, self._totals(cursor)
+
+    def totals(self) -> StoreTotals:
+        with self._cursor() as cursor:
+            return self._totals(cursor)
+
+    def close(self) -> None:
+        self._drop_connection()

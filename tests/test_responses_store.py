@@ -1,0 +1,129 @@
+"""The response store's SQLite backend, directly: writes whole, expiry, the byte bound, delete,
+and a second process opening the same file. (The PostgreSQL backend runs the same SQL; its
+live tests are in test_responses_replicas.py.)"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from server.store import StoreLimits, StoredResponse, parse_store_location
+from server.store.sqlite import sqlite_store
+
+DAY = 24 * 3600.0
+
+
+def record(response_id: str, *, previous: str | None = None, text: str = "hello", created: float = 0.0):
+    return StoredResponse(
+        id=response_id, previous_id=previous, created_at=created, status="completed",
+        response={"id": response_id, "output": [{"type": "message", "content": [{"text": text}]}]},
+        input_items=[{"id": f"msg_{response_id}", "type": "message", "role": "user", "content": text}],
+    )
+
+
+@pytest.fixture
+def store(tmp_path):
+    opened = sqlite_store(tmp_path / "data" / "responses.sqlite3", StoreLimits(ttl_s=DAY, max_bytes=10_000))
+    opened.open()
+    yield opened
+    opened.close()
+
+
+def test_a_response_comes_back_as_it_was_written(store):
+    written = record("resp_a", previous="resp_0", text="ünïcode ✓")
+    store.put(written, now=100.0)
+    assert store.get("resp_a", now=101.0) == written
+    assert store.get("resp_unknown", now=101.0) is None
+
+
+def test_the_file_is_wal_and_owner_only(store, tmp_path):
+    store.put(record("resp_a"), now=1.0)
+    path = tmp_path / "data" / "responses.sqlite3"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    with sqlite3.connect(path) as other:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_response_expires_after_its_time_to_live(store):
+    store.put(record("resp_old"), now=0.0)
+    assert store.get("resp_old", now=DAY - 1) is not None
+    assert store.get("resp_old", now=DAY) is None
+    # The next write deletes it, and says so.
+    result = store.put(record("resp_new"), now=DAY + 1)
+    assert (result.expired, result.totals.responses) == (1, 1)
+    assert store.delete("resp_old", now=DAY + 2)[0] is False
+
+
+def test_the_oldest_are_evicted_to_fit_the_byte_bound(store):
+    big = "x" * 1500  # about 3,100 bytes a record (in the output and the input): 3 fit
+    for number in range(3):
+        assert store.put(record(f"resp_{number}", text=big, created=number), now=float(number)).evicted == 0
+    result = store.put(record("resp_3", text=big, created=3), now=3.0)
+    assert result.evicted == 1 and result.totals.bytes <= 10_000 and result.totals.responses == 3
+    assert store.get("resp_0", now=4.0) is None
+    assert all(store.get(f"resp_{n}", now=4.0) is not None for n in (1, 2, 3))
+
+
+def test_rewriting_an_id_replaces_it_and_keeps_the_totals_right(store):
+    store.put(record("resp_a", text="short"), now=1.0)
+    result = store.put(record("resp_a", text="a longer text"), now=2.0)
+    assert result.totals.responses == 1
+    assert store.get("resp_a", now=3.0).input_items[0]["content"] == "a longer text"
+    assert store.totals() == result.totals
+
+
+def test_delete_removes_it_and_its_bytes(store):
+    store.put(record("resp_a"), now=1.0)
+    existed, totals = store.delete("resp_a", now=2.0)
+    assert existed and totals.responses == 0 and totals.bytes == 0
+    assert store.get("resp_a", now=3.0) is None
+    assert store.delete("resp_a", now=3.0)[0] is False
+
+
+def test_another_process_reads_what_was_committed(store, tmp_path):
+    store.put(record("resp_shared", text="from the first process"), now=1.0)
+    script = (
+        "import sys; from pathlib import Path; from server.store import StoreLimits;"
+        "from server.store.sqlite import sqlite_store;"
+        "s = sqlite_store(Path(sys.argv[1]), StoreLimits(ttl_s=1e9, max_bytes=10**6)); s.open();"
+        "print(s.get('resp_shared', now=2.0).input_items[0]['content'])"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "data" / "responses.sqlite3")],
+        capture_output=True, text=True, timeout=60, env={**os.environ}, check=True,
+    ).stdout
+    assert output.strip() == "from the first process"
+
+
+@pytest.mark.parametrize(
+    "value, kind, path",
+    [
+        ("sqlite", "sqlite", None),
+        ("sqlite:///relative.db", "sqlite", "relative.db"),
+        ("sqlite:////var/lib/x/responses.db", "sqlite", "/var/lib/x/responses.db"),
+        ("postgresql://app@db:5432/responses", "postgresql", None),
+        ("none", "none", None),
+    ],
+)
+def test_store_locations_parse(value, kind, path):
+    location = parse_store_location(value)
+    assert location.kind == kind
+    assert (str(location.path) if location.path else None) == path
+
+
+def test_a_postgres_password_never_reaches_the_log_line():
+    location = parse_store_location("postgresql://app:s3cret@db:5432/responses?sslmode=require")
+    described = location.describe(data_dir=None)
+    assert "s3cret" not in described and "db:5432/responses" in described
+
+
+@pytest.mark.parametrize("value", ["mysql://x", "sqlite:///", "redis://cache", ""])
+def test_an_unknown_store_is_refused(value):
+    with pytest.raises(ValueError, match="responses store must be"):
+        parse_store_location(value)
