@@ -3,6 +3,7 @@ routes, error handlers and middlewares."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -18,11 +19,15 @@ from server.api.completions import CompletionService
 from server.api.context import Services
 from server.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from server.api.responses import ResponsesService
+from server.api.stored_responses import StoredResponses
 from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.ops.lifecycle import Lifecycle
-from server.ops.state import ServerState
+from server.ops.state import Phase, ServerState
 from server.settings import Settings
+from server.store import StoreArchive, StoreUnavailable, open_archive
+
+logger = logging.getLogger(__name__)
 
 
 # Response headers a browser page may read (CORS hides all but a few by default).
@@ -39,6 +44,31 @@ def served_model_name(settings: Settings) -> str:
     return settings.model.resolve().name
 
 
+async def open_responses_store(archive: StoreArchive) -> bool:
+    """Connect (and create the schema) before serving; False when the server must not start.
+
+    A SQLite file that cannot be opened is the operator's to fix: the start fails, naming the
+    settings. A database that is down is not fatal: stored requests get 503 until it answers
+    (each tries again), stateless ones go on."""
+    try:
+        await archive.open()
+    except StoreUnavailable:
+        if archive.description.startswith("sqlite"):
+            logger.error(
+                "the responses store (%s) cannot be opened: give --data-dir or --responses-store a "
+                "writable place (a volume), or set --responses-store to postgresql://... or none",
+                archive.description,
+            )
+            return False
+        logger.warning(
+            "the responses store (%s) is not reachable yet; stored requests get 503 until it is",
+            archive.description,
+        )
+        return True
+    logger.info("responses store: %s", archive.description)
+    return True
+
+
 def create_app(
     settings: Settings,
     *,
@@ -47,16 +77,24 @@ def create_app(
 ) -> FastAPI:
     state = ServerState(settings=settings, metrics=metrics or Metrics(), served_name=served_model_name(settings))
     chat = ChatService(settings, get_format(settings.prompt_format))
-    services = Services(chat=chat, completions=CompletionService(settings), responses=ResponsesService(chat))
+    archive = open_archive(settings, state.metrics)
+    responses = ResponsesService(chat, StoredResponses(archive))
+    services = Services(chat=chat, completions=CompletionService(settings), responses=responses)
     lifecycle = Lifecycle(state, request_exit, engine_started=[services.chat.use_engine])
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await lifecycle.start()
+        if archive is not None and not await open_responses_store(archive):
+            state.advance(Phase.DEAD)
+            (request_exit or (lambda code: None))(1)
+        else:
+            await lifecycle.start()
         try:
             yield
         finally:
             await lifecycle.stop()
+            if archive is not None:
+                await archive.close()
 
     app = FastAPI(
         title="airoboros-server",

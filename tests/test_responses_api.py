@@ -57,7 +57,7 @@ def test_plain_input_gives_a_completed_message(respond):
     # before (test_usage.py checks the counts): a part of the input, which may be none of it.
     assert isinstance(usage.input_tokens_details.cached_tokens, int)
     assert 0 <= usage.input_tokens_details.cached_tokens <= usage.input_tokens
-    assert response.store is False
+    assert response.store is True  # OpenAI's default; the shared server has the default SQLite store
 
 
 def test_instructions_render_as_the_chat_system_message(respond, client, default_model_name):
@@ -181,23 +181,25 @@ def test_the_wire_starts_with_a_keep_alive_and_has_no_done(default_server, defau
 @pytest.mark.parametrize(
     "fields, param",
     [
-        ({"store": True}, "store"),
-        ({"previous_response_id": "resp_123"}, "previous_response_id"),
         ({"tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]}, "tools"),
         ({"background": True}, "background"),
+        ({"previous_response_id": "resp_123", "conversation": "conv_1"}, "conversation"),
     ],
-    ids=["store", "previous_response_id", "tools", "background"],
+    ids=["tools", "background", "previous_response_id with conversation"],
 )
-def test_what_needs_server_state_or_tools_is_a_bad_request(client, default_model_name, fields, param):
+def test_what_needs_tools_or_background_work_is_a_bad_request(client, default_model_name, fields, param):
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model=default_model_name, input=QUESTION, **fields)
     assert caught.value.body["param"] == param
 
 
-def test_a_stored_response_cannot_be_retrieved(client):
+def test_an_unknown_response_is_a_404_response_not_found(client, default_model_name):
     with pytest.raises(openai.NotFoundError) as caught:
         client.responses.retrieve("resp_123")
-    assert "keeps no responses" in caught.value.message
+    assert caught.value.body["code"] == "response_not_found"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model=default_model_name, input=QUESTION, previous_response_id="resp_123")
+    assert caught.value.body["code"] == "response_not_found"
 
 
 def test_an_unknown_model_and_a_bad_part_are_clear_errors(client, default_model_name):

@@ -115,8 +115,8 @@ def test_chat_params_are_renamed_in_errors():
 def encoder(**request_fields) -> ResponsesEncoder:
     outcome = Outcome(route="/test", request_id="rid", metrics=Metrics(CollectorRegistry()), deadline=0.0)
     outcome.prompt_tokens, outcome.cached_tokens = 20, 16
-    echo = ResponsesService.echo(ResponsesRequest(model="m", input="Hi", **request_fields))
-    return ResponsesEncoder(request_id="rid", model="m\"odel", outcome=outcome, echo=echo)
+    echo = ResponsesService(chat=None).echo(ResponsesRequest(model="m", input="Hi", **request_fields))
+    return ResponsesEncoder(response_id="resp_rid", model="m\"odel", outcome=outcome, echo=echo)
 
 
 def events(frames: str) -> list[tuple[str, dict]]:
@@ -196,3 +196,85 @@ def test_every_event_and_the_body_match_openai_schemas(openai_openapi_file):
         schemas.assert_valid("Response", body_coder.body([SimpleNamespace(text="Paris", completion=SimpleNamespace(finish_reason=finish_reason))]))
     kind, body = events(encoder().error(GenerationInterrupted("drain", "The server is shutting down.")))[0]
     schemas.assert_valid("ResponseErrorEvent", body)
+
+
+# --- stored responses: the chain as history, input items, pages ------------------------------
+
+from server.api.stored_responses import (  # noqa: E402 - grouped with the tests that use them
+    StoredResponses, chain_items, input_items_page, stored_input_items,
+)
+from server.store import Chain, StoredResponse  # noqa: E402
+
+
+def stored_turn(response_id: str, question: str, answer: str, previous: str | None = None) -> StoredResponse:
+    request = ResponsesRequest(model="m", input=question)
+    return StoredResponse(
+        id=response_id, previous_id=previous, created_at=0.0, status="completed",
+        response={"id": response_id, "output": [
+            {"id": "msg_x", "type": "message", "role": "assistant", "status": "completed",
+             "content": [{"type": "output_text", "text": answer, "annotations": [], "logprobs": []}]},
+        ]},
+        input_items=stored_input_items(request),
+    )
+
+
+def test_a_chain_is_each_turns_input_then_its_answer_before_the_new_input():
+    chain = Chain([stored_turn("resp_1", "Hi", "Hello!"), stored_turn("resp_2", "And you?", "Fine.", "resp_1")])
+    service = ResponsesService(chat=None, stored=StoredResponses(archive=object()))
+    request = service.chat_request(
+        ResponsesRequest(model="m", instructions="Be brief.", input="Bye", previous_response_id="resp_2"),
+        chain_items(chain),
+    )
+    assert [m.model_dump(exclude_none=True) for m in request.messages] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}]},
+        {"role": "user", "content": [{"type": "text", "text": "And you?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Fine."}]},
+        {"role": "user", "content": "Bye"},
+    ]
+
+
+def test_stored_input_items_have_ids_and_typed_parts():
+    items = stored_input_items(ResponsesRequest(model="m", input=[
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+    ]))
+    assert [(i["type"], i["role"], i["content"][0]["type"], i["status"]) for i in items] == [
+        ("message", "user", "input_text", "completed"), ("message", "assistant", "output_text", "completed"),
+    ]
+    assert len({item["id"] for item in items}) == 2 and all(i["id"].startswith("msg_") for i in items)
+
+
+def test_previous_response_id_with_a_conversation_is_a_400_even_with_a_store():
+    service = ResponsesService(chat=None, stored=StoredResponses(archive=object()))
+    with pytest.raises(APIError) as caught:
+        service.check(ResponsesRequest(model="m", input="Hi", previous_response_id="resp_1", conversation="conv_1"))
+    assert (caught.value.status, caught.value.param) == (400, "conversation")
+
+
+def test_store_defaults_to_true_with_a_store_and_false_without():
+    request = ResponsesRequest(model="m", input="Hi")
+    assert StoredResponses(archive=object()).will_store(request) is True
+    assert StoredResponses(archive=None).will_store(request) is False
+    assert StoredResponses(archive=object()).will_store(ResponsesRequest(model="m", input="Hi", store=False)) is False
+
+
+def test_input_item_pages_walk_the_items_in_either_order():
+    items = [{"id": f"msg_{n}"} for n in range(5)]
+    first = input_items_page(items, after=None, limit=2, order="asc")
+    assert [i["id"] for i in first["data"]] == ["msg_0", "msg_1"] and first["has_more"]
+    assert (first["first_id"], first["last_id"]) == ("msg_0", "msg_1")
+    seen, after = [], None
+    for _ in range(10):  # bounded: 3 pages
+        page = input_items_page(items, after=after, limit=2, order="desc")
+        seen += [i["id"] for i in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["last_id"]
+    assert seen == [f"msg_{n}" for n in reversed(range(5))]
+
+
+def test_an_unknown_after_is_a_400():
+    with pytest.raises(APIError) as caught:
+        input_items_page([{"id": "msg_0"}], after="msg_nope", limit=20, order="desc")
+    assert (caught.value.status, caught.value.param) == (400, "after")

@@ -7,13 +7,15 @@ the result to `ChatService.prepare`, so the airoboros prompt, the history policy
 stops, constrained decoding and output shaping are the chat route's, not a copy of them. Errors
 name the Responses API's fields (`input`, not `messages`).
 
-The server is stateless: what needs a stored response or tools is refused with a 400 naming
-the field.
+With a responses store (`server.api.stored_responses`), `previous_response_id` puts the stored
+chain before the new input, rendered exactly as the same history sent to chat. What needs a
+store that is off, background work or tools is refused with a 400 naming the field.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,6 +23,7 @@ from pydantic import ValidationError
 from server.api.chat import ChatService
 from server.api.protocol import ChatCompletionRequest
 from server.api.responses_protocol import ResponseInputItem, ResponsesRequest
+from server.api.stored_responses import StoredResponses
 from server.engine import Engine
 from server.errors import APIError, invalid_request
 from server.generation import PreparedGeneration
@@ -38,31 +41,37 @@ RESPONSES_PARAMS = {
 }
 
 
-def _stateless(message: str, param: str) -> APIError:
+def _unsupported(message: str, param: str) -> APIError:
     return invalid_request(message, param=param, code="unsupported_parameter")
 
 
-def refuse_unsupported(request: ResponsesRequest) -> None:
-    """A 400 for what needs server-side state or tools."""
-    if request.store:
-        raise _stateless(
-            "store: true is not supported: this server keeps no responses (store defaults to false here).",
+def refuse_unsupported(request: ResponsesRequest, store_on: bool) -> None:
+    """A 400 for what needs a store that is off, a Conversations API, background work, or tools."""
+    if request.store and not store_on:
+        raise _unsupported(
+            "store: true is not available: this server's responses store is off (--responses-store none); "
+            "send `store: false`, or leave `store` out.",
             "store",
         )
-    if request.previous_response_id is not None:
-        raise _stateless(
-            "previous_response_id is not supported: this server keeps no responses; send the whole "
-            "conversation in `input`.",
+    if request.previous_response_id is not None and request.conversation is not None:
+        raise invalid_request(
+            "previous_response_id and conversation cannot both be given: a response continues one or the other.",
+            param="conversation", code="conflicting_parameters",
+        )
+    if request.previous_response_id is not None and not store_on:
+        raise _unsupported(
+            "previous_response_id is not available: this server's responses store is off "
+            "(--responses-store none); send the whole conversation in `input`.",
             "previous_response_id",
         )
     if request.conversation is not None:
-        raise _stateless(
-            "conversation is not supported: this server keeps no conversations; send the whole "
-            "conversation in `input`.",
+        raise _unsupported(
+            "conversation is not supported: this server has no Conversations API; use "
+            "previous_response_id, or send the whole conversation in `input`.",
             "conversation",
         )
     if request.background:
-        raise _stateless("background is not supported: this server keeps no responses to poll.", "background")
+        raise _unsupported("background is not supported: responses run in the foreground here.", "background")
     if request.tools:
         raise invalid_request(
             "This model does not support tools; remove `tools`.", param="tools", code="tools_not_supported"
@@ -79,7 +88,7 @@ def input_message(position: int, item: ResponseInputItem) -> dict[str, Any]:
     if item.type != "message":
         raise invalid_request(
             f"input[{position}] has type {item.type!r}: only message items are accepted "
-            "(this server has no tools and keeps no items).",
+            "(this server has no tools and no item references).",
             param="input", code="unsupported_input_item",
         )
     if item.role is None:
@@ -106,15 +115,24 @@ def in_responses_terms(error: APIError) -> APIError:
 
 
 class ResponsesService:
-    def __init__(self, chat: ChatService) -> None:
+    def __init__(self, chat: ChatService, stored: StoredResponses | None = None) -> None:
         self.chat = chat
+        self.stored = stored or StoredResponses(None)
 
-    def chat_request(self, request: ResponsesRequest) -> ChatCompletionRequest:
-        """The same request in the chat route's words."""
-        refuse_unsupported(request)
+    def check(self, request: ResponsesRequest) -> None:
+        """The 400s that need no store or engine: before the chain is read."""
+        refuse_unsupported(request, self.stored.enabled)
+
+    def chat_request(
+        self, request: ResponsesRequest, history: Sequence[ResponseInputItem] = ()
+    ) -> ChatCompletionRequest:
+        """The same request in the chat route's words; `history` is the stored chain's items
+        (`previous_response_id`), which come before the new input."""
+        self.check(request)
         messages: list[dict[str, Any]] = []
         if request.instructions is not None:
             messages.append({"role": "system", "content": request.instructions})
+        messages.extend(input_message(position, item) for position, item in enumerate(history))
         if isinstance(request.input, str):
             messages.append({"role": "user", "content": request.input})
         else:
@@ -141,15 +159,16 @@ class ResponsesService:
             where = ".".join(str(part) for part in first.get("loc", ()))
             raise in_responses_terms(invalid_request(f"Invalid value for '{where}': {first['msg']}.", param=where)) from None
 
-    def prepare(self, request: ResponsesRequest, engine: Engine) -> PreparedGeneration:
-        chat_request = self.chat_request(request)
+    def prepare(
+        self, request: ResponsesRequest, engine: Engine, history: Sequence[ResponseInputItem] = ()
+    ) -> PreparedGeneration:
+        chat_request = self.chat_request(request, history)
         try:
             return self.chat.prepare(chat_request, engine)
         except APIError as error:
             raise in_responses_terms(error) from error
 
-    @staticmethod
-    def echo(request: ResponsesRequest) -> dict[str, Any]:
+    def echo(self, request: ResponsesRequest) -> dict[str, Any]:
         """The request's settings as the `response` object repeats them."""
         text_format = request.text.format if request.text is not None else None
         echoed: dict[str, Any] = {
@@ -162,9 +181,9 @@ class ResponsesService:
             "tools": [],
             "parallel_tool_calls": True if request.parallel_tool_calls is None else request.parallel_tool_calls,
             "metadata": request.metadata or {},
-            "store": False,
+            "store": self.stored.will_store(request),
             "background": False,
-            "previous_response_id": None,
+            "previous_response_id": request.previous_response_id,
             "reasoning": None,
             "truncation": request.truncation or "disabled",
         }

@@ -48,9 +48,9 @@ def responses_usage(outcome: Outcome) -> dict[str, Any]:
 class ResponsesEncoder:
     plain_deltas = True
 
-    def __init__(self, *, request_id: str, model: str, outcome: Outcome, echo: dict[str, Any]) -> None:
-        self.id = f"resp_{request_id}"
-        self.item_id = f"msg_{request_id}"
+    def __init__(self, *, response_id: str, model: str, outcome: Outcome, echo: dict[str, Any]) -> None:
+        self.id = response_id
+        self.item_id = "msg_" + response_id.removeprefix("resp_")
         self.model = model
         self.outcome = outcome
         self.echo = echo  # the request's settings, repeated in every response object
@@ -58,6 +58,7 @@ class ResponsesEncoder:
         self._sequence = 0
         self._parts: list[str] = []
         self._finish_reason: str | None = None
+        self.final: dict[str, Any] | None = None  # the finished response object (what is stored)
         # A delta event up to its text: the same for the whole stream (tests prove `content`
         # equals the general event).
         head = dumps({"type": TEXT_DELTA, **self._text_position(), "logprobs": []})
@@ -95,7 +96,8 @@ class ResponsesEncoder:
 
     def final_response(self, text: str) -> dict[str, Any]:
         status = self.status
-        return self.response(status, [self.message(status, text)], responses_usage(self.outcome))
+        self.final = self.response(status, [self.message(status, text)], responses_usage(self.outcome))
+        return self.final
 
     # --- streaming ------------------------------------------------------------------------
 

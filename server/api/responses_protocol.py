@@ -1,12 +1,12 @@
-"""Request model of `POST /v1/responses`, OpenAI's Responses API as a stateless server speaks it.
+"""Request model of `POST /v1/responses`, OpenAI's Responses API as this server speaks it.
 
 Beside `protocol.py` because the Responses API shapes its request differently from chat
 (`input` items, `instructions`, `text.format`, `max_output_tokens`); `ResponsesService` turns it
 into a chat request, so everything after that is the chat route's own path.
 
-Fields that need state kept between requests (`store: true`, `previous_response_id`,
-`conversation`, `background`) and `tools` are accepted by the schema and refused by the service
-with a 400 naming the field, so a client learns exactly what this server does not do.
+`store` and `previous_response_id` use the responses store (`server.store`); `conversation`,
+`background` and `tools` are accepted by the schema and refused by the service with a 400
+naming the field, so a client learns exactly what this server does not do.
 """
 
 from __future__ import annotations
@@ -87,9 +87,13 @@ class ResponsesRequest(BaseModel):
     truncation: Literal["auto", "disabled"] | None = Field(
         None, description="`auto` drops the oldest turns to fit the context (`history: fit`)."
     )
-    # Refused (400): they need server-side state, or tools this model does not have.
-    store: bool | None = Field(None, description="Only false: this server keeps no responses.")
-    previous_response_id: str | None = None
+    store: bool | None = Field(
+        None, description="Keep the response (default true, as OpenAI; a 400 when the store is off)."
+    )
+    previous_response_id: str | None = Field(
+        None, max_length=128, description="A stored response this one continues: its chain is the history."
+    )
+    # Refused (400): no Conversations API, no background work, no tools on this model.
     conversation: Union[str, dict[str, Any], None] = None
     background: bool | None = None
     tools: list[dict[str, Any]] | None = None

@@ -6,7 +6,9 @@ No generation logic lives here: each route checks the model name, takes the serv
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from server.api.chat import DROPPED_MESSAGES_HEADER
@@ -17,10 +19,12 @@ from server.api.protocol import ChatCompletionRequest, CompletionRequest, Render
 from server.api.responses_encoder import ResponsesEncoder
 from server.api.responses_protocol import ResponsesRequest
 from server.api.schemas import (
-    API_ERRORS, RESPONSE_EVENT_STREAM, ChatCompletion, Completion, ResponseObject, generation_responses,
+    API_ERRORS, RESPONSE_EVENT_STREAM, ChatCompletion, Completion, DeletedResponse, ResponseInputItemList,
+    ResponseObject, generation_responses,
 )
 from server.api.serving import serve_generation
-from server.errors import APIError
+from server.api.stored_responses import input_items_page, new_response_id, stored_input_items
+from server.generation import Outcome
 
 router = APIRouter()
 
@@ -84,33 +88,58 @@ async def chat_render(body: ChatCompletionRequest, request: Request) -> JSONResp
 async def create_response(body: ResponsesRequest, request: Request) -> Response:
     state = server_state(request)
     state.check_model(body.model)
-    engine = state.serving_engine()
     service = services(request).responses
-    prepared = service.prepare(body, engine)
+    service.check(body)
+    engine = state.serving_engine()
+    history = await service.stored.history(body)
+    prepared = service.prepare(body, engine, history)
     echo = service.echo(body)
+    response_id = new_response_id()
+    encoders: list[ResponsesEncoder] = []
+
+    def make_encoder(outcome: Outcome) -> ResponsesEncoder:
+        encoders.append(
+            ResponsesEncoder(response_id=response_id, model=engine.info.served_name, outcome=outcome, echo=echo)
+        )
+        return encoders[0]
+
+    save = None
+    if service.stored.will_store(body):
+        input_items = stored_input_items(body)
+
+        async def save() -> None:
+            await service.stored.save(body, input_items, encoders[0].final or {})
+
     return await serve_generation(
-        request, state, engine, "/v1/responses", prepared,
-        lambda outcome: ResponsesEncoder(
-            request_id=outcome.request_id, model=engine.info.served_name, outcome=outcome, echo=echo
-        ),
+        request, state, engine, "/v1/responses", prepared, make_encoder,
         stream=body.stream,
         prompt=prepared.prompts[0].text,
+        before_final=save,
     )
 
 
-def _no_stored_response(response_id: str) -> APIError:
-    return APIError(
-        404,
-        f"No response '{response_id}': this server is stateless and keeps no responses (store is always false).",
-        type="not_found_error", param="response_id", code="response_not_found",
-    )
+@router.get("/v1/responses/{response_id}", tags=["responses"], response_model=ResponseObject, responses=API_ERRORS)
+async def retrieve_response(response_id: str, request: Request) -> JSONResponse:
+    record = await services(request).responses.stored.get(response_id)
+    return JSONResponse(record.response)
 
 
-@router.get("/v1/responses/{response_id}", tags=["responses"], responses=API_ERRORS)
-async def retrieve_response(response_id: str) -> None:
-    raise _no_stored_response(response_id)
+@router.delete("/v1/responses/{response_id}", tags=["responses"], response_model=DeletedResponse, responses=API_ERRORS)
+async def delete_response(response_id: str, request: Request) -> JSONResponse:
+    await services(request).responses.stored.delete(response_id)
+    return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
 
 
-@router.delete("/v1/responses/{response_id}", tags=["responses"], responses=API_ERRORS)
-async def delete_response(response_id: str) -> None:
-    raise _no_stored_response(response_id)
+@router.get(
+    "/v1/responses/{response_id}/input_items", tags=["responses"], response_model=ResponseInputItemList,
+    responses=API_ERRORS,
+)
+async def list_input_items(
+    response_id: str,
+    request: Request,
+    after: str | None = Query(None, description="List the items after the one with this id."),
+    limit: int = Query(20, ge=1, le=100, description="Items per page, 1 to 100."),
+    order: Literal["asc", "desc"] = Query("desc", description="desc: the last input item first (OpenAI's default)."),
+) -> JSONResponse:
+    record = await services(request).responses.stored.get(response_id)
+    return JSONResponse(input_items_page(record.input_items, after=after, limit=limit, order=order))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 
 class ErrorDetail(BaseModel):
@@ -133,12 +133,37 @@ class ResponseObject(BaseModel):
     tools: list[Any]
     parallel_tool_calls: bool
     metadata: dict[str, str]
-    store: Literal[False]
+    store: bool
     background: Literal[False]
-    previous_response_id: None
+    previous_response_id: str | None
     reasoning: None
     truncation: Literal["auto", "disabled"]
     user: str | None = None
+
+
+class ResponseInputItemObject(BaseModel):
+    """An input item as a stored response lists it."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    type: Literal["message"]
+    role: str
+    content: list[dict[str, Any]]
+    status: str
+
+
+class ResponseInputItemList(BaseModel):
+    object: Literal["list"]
+    data: list[ResponseInputItemObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class DeletedResponse(BaseModel):
+    id: str
+    object: Literal["response.deleted"]
+    deleted: Literal[True]
 
 
 class TokenizeResponse(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import Request, Response
@@ -53,6 +53,25 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[Any]) -> Any:
     raise ClientDisconnected()
 
 
+async def _finishing_first(
+    frames: AsyncIterator[bytes], generation: Generation, before_final: Callable[[], Awaitable[None]]
+) -> AsyncIterator[bytes]:
+    """`frames`, with `before_final` awaited before the closing frames (the generation is
+    `completed` by the time they come); its failure replaces them with the encoder's error."""
+    finished = False
+    async for frame in frames:
+        if generation.completed and not finished:
+            finished = True
+            try:
+                await before_final()
+            except Exception as error:  # noqa: BLE001 - the stream's last event says it
+                generation.completed = False
+                generation.error = error
+                yield generation.encoder.error(error).encode()
+                return
+        yield frame
+
+
 async def serve_generation(
     request: Request,
     state: ServerState,
@@ -63,10 +82,14 @@ async def serve_generation(
     *,
     stream: bool,
     prompt: str | list[str] | None = None,
+    before_final: Callable[[], Awaitable[None]] | None = None,
 ) -> Response:
     """Run `prepared` on the engine and answer with the encoder's body or SSE frames.
 
     `prompt` goes into the access log, with the output text, only under `--log-prompts`.
+    `before_final` runs once the generation finished, before its client sees the end (the body,
+    or the stream's closing frames): a stored response is written by then, so the client's next
+    request finds it. Its failure is the request's error (a stream's last event).
     """
     settings = state.settings
     state.admission.try_enter()
@@ -102,8 +125,11 @@ async def serve_generation(
         return None if generation.completed else "disconnect"
 
     if stream:
+        frames = generation.stream()
+        if before_final is not None:
+            frames = _finishing_first(frames, generation, before_final)
         return sse_response(
-            generation.stream(),
+            frames,
             ping_seconds=settings.sse_ping_seconds,
             headers=prepared.headers,
             on_close=lambda: finish(stream_ending()),
@@ -112,6 +138,8 @@ async def serve_generation(
     aborted: str | None = None
     try:
         body = await cancel_on_disconnect(request, generation.complete())
+        if before_final is not None:
+            await before_final()
     except ClientDisconnected:
         aborted = "disconnect"
         return Response(status_code=CLIENT_CLOSED_REQUEST)

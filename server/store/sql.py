@@ -70,8 +70,23 @@ class SQLResponseStore:
         return statement.replace("?", self.dialect.mark)
 
     def _connect(self) -> Any:
+        """The connection, made (with the schema, if new) on first use and after a failure, so
+        a database that comes back is used again without a restart."""
         if self._connection is None:
-            self._connection = self.dialect.connect()
+            connection = self.dialect.connect()
+            try:
+                cursor = connection.cursor()
+                cursor.execute(self.dialect.begin_write)
+                if self.dialect.schema_lock:
+                    cursor.execute(self.dialect.schema_lock)
+                for statement in SCHEMA:
+                    cursor.execute(statement)
+                cursor.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    connection.close()
+                raise
+            self._connection = connection
         return self._connection
 
     def _drop_connection(self) -> None:
@@ -118,12 +133,7 @@ class SQLResponseStore:
     # --- the interface --------------------------------------------------------------------
 
     def open(self) -> StoreTotals:
-        with self._cursor(self.dialect.begin_write) as cursor:
-            if self.dialect.schema_lock:
-                cursor.execute(self.dialect.schema_lock)
-            for statement in SCHEMA:
-                cursor.execute(statement)
-            return self._totals(cursor)
+        return self.totals()
 
     def put(self, record: StoredResponse, now: float) -> PutResult:
         response = json.dumps(record.response, separators=(",", ":"), ensure_ascii=False)

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -179,7 +180,12 @@ def serving_fake(
     port = listener.getsockname()[1]
     # The "checkpoint" (only a config.json), the key to this server's fake (see `_FakeEngines`).
     model = fake_checkpoint()
-    values = {"model": Path(model), "served_model_name": FAKE_MODEL, "drain_timeout": 5.0, **settings}
+    # The default responses store goes in a directory of this server's own, not ~/.local/share.
+    data_dir = tempfile.mkdtemp(prefix="airoboros-fake-data-")
+    values = {
+        "model": Path(model), "served_model_name": FAKE_MODEL, "drain_timeout": 5.0, "data_dir": Path(data_dir),
+        **settings,
+    }
     # The key comes the way a deployment gives it: the environment, read when the settings are made.
     with _environment({"AIROBOROS_API_KEYS": api_key} if api_key else {}):
         config = Settings(**values)
@@ -214,6 +220,7 @@ def serving_fake(
     finally:
         listener.close()
         shutil.rmtree(model, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
         for name in LOGGERS:
             logger = logging.getLogger(name)
             logger.removeHandler(server.logs)

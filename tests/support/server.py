@@ -242,6 +242,9 @@ def child_environment(env: dict[str, str] | None = None, api_key: str | None = N
     # production: the suite checks that format end to end. What `make serve` gives (its own
     # ChatML) is checked where a test asks for `auto` (test_first_run.py).
     child_env.setdefault("AIROBOROS_PROMPT_FORMAT", "airoboros")
+    # The default responses store (SQLite under the data directory), in a directory of this
+    # server's own: never the user's ~/.local/share, never shared with another test's server.
+    child_env.setdefault("AIROBOROS_DATA_DIR", tempfile.mkdtemp(prefix="airoboros-test-data-"))
     if api_key:
         child_env["AIROBOROS_API_KEYS"] = api_key
     child_env.update(env or {})
