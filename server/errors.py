@@ -78,7 +78,7 @@ def _describe_validation_error(exc: RequestValidationError) -> tuple[str, str | 
     if not errors:
         return "Invalid request.", None
     first = errors[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     param = ".".join(location) or None
     if first.get("type") == "json_invalid":
         return "We could not parse the JSON body of your request.", None

@@ -26,10 +26,10 @@ def new_response_id() -> str:
     return f"resp_{uuid.uuid4().hex}"
 
 
-def response_not_found(response_id: str) -> APIError:
+def response_not_found(response_id: str, param: str = "response_id") -> APIError:
     return APIError(
         404, f"Response with id '{response_id}' not found.",
-        type="not_found_error", param="response_id", code="response_not_found",
+        type="not_found_error", param=param, code="response_not_found",
     )
 
 
@@ -92,7 +92,8 @@ class StoredResponses:
         except StoreUnavailable:
             raise store_unavailable() from None
         if chain.missing is not None:
-            raise response_not_found(chain.missing)
+            # An earlier turn of the chain may be the one gone (deleted, expired or evicted).
+            raise response_not_found(chain.missing, param="previous_response_id")
         return chain_items(chain)
 
     async def save(self, request: ResponsesRequest, input_items: list[dict[str, Any]], response: dict[str, Any]) -> None:
