@@ -1,6 +1,6 @@
-"""The response store's SQLite backend, directly: writes whole, expiry, the byte bound, delete,
-and a second process opening the same file. (The PostgreSQL backend runs the same SQL; its
-live tests are in test_responses_replicas.py.)"""
+"""The response store's backends, directly: writes whole, expiry, the byte bound, delete, on
+SQLite and on a real PostgreSQL (a cluster of the module's own, tests/support/postgres.py); and
+for SQLite, its file: WAL, owner-only, a second process reading it."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ import stat
 import subprocess
 import sys
 
+import psycopg
 import pytest
 
-from server.store import StoreLimits, StoredResponse, parse_store_location
+from server.store import StoreLimits, StoredResponse, StoreUnavailable, parse_store_location
+from server.store.postgres import postgres_store
+from server.store.sql import TABLE, TOTALS
 from server.store.sqlite import sqlite_store
+from tests.support.postgres import postgres_cluster
 
 DAY = 24 * 3600.0
 
@@ -26,9 +30,32 @@ def record(response_id: str, *, previous: str | None = None, text: str = "hello"
     )
 
 
+LIMITS = StoreLimits(ttl_s=DAY, max_bytes=10_000)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        opened = sqlite_store(tmp_path / "data" / "responses.sqlite3", LIMITS)
+    else:
+        cluster = request.getfixturevalue("postgres")
+        with psycopg.connect(cluster.url, autocommit=True) as connection:  # each test starts empty
+            connection.execute(f"DROP TABLE IF EXISTS {TABLE}, {TOTALS}")
+        opened = postgres_store(cluster.url, LIMITS)
+    opened.open()
+    yield opened
+    opened.close()
+
+
 @pytest.fixture
-def store(tmp_path):
-    opened = sqlite_store(tmp_path / "data" / "responses.sqlite3", StoreLimits(ttl_s=DAY, max_bytes=10_000))
+def sqlite(tmp_path):
+    opened = sqlite_store(tmp_path / "data" / "responses.sqlite3", LIMITS)
     opened.open()
     yield opened
     opened.close()
@@ -41,8 +68,8 @@ def test_a_response_comes_back_as_it_was_written(store):
     assert store.get("resp_unknown", now=101.0) is None
 
 
-def test_the_file_is_wal_and_owner_only(store, tmp_path):
-    store.put(record("resp_a"), now=1.0)
+def test_the_file_is_wal_and_owner_only(sqlite, tmp_path):
+    sqlite.put(record("resp_a"), now=1.0)
     path = tmp_path / "data" / "responses.sqlite3"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -86,8 +113,8 @@ def test_delete_removes_it_and_its_bytes(store):
     assert store.delete("resp_a", now=3.0)[0] is False
 
 
-def test_another_process_reads_what_was_committed(store, tmp_path):
-    store.put(record("resp_shared", text="from the first process"), now=1.0)
+def test_another_process_reads_what_was_committed(sqlite, tmp_path):
+    sqlite.put(record("resp_shared", text="from the first process"), now=1.0)
     script = (
         "import sys; from pathlib import Path; from server.store import StoreLimits;"
         "from server.store.sqlite import sqlite_store;"
@@ -115,6 +142,19 @@ def test_store_locations_parse(value, kind, path):
     location = parse_store_location(value)
     assert location.kind == kind
     assert (str(location.path) if location.path else None) == path
+
+
+def test_a_database_that_went_away_is_unavailable_then_used_again(postgres):
+    store = postgres_store(postgres.url, LIMITS)
+    store.put(record("resp_kept"), now=1.0)
+    postgres.stop()
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.get("resp_kept", now=2.0)
+    finally:
+        postgres.start()
+    assert store.get("resp_kept", now=3.0) is not None  # connected again, no restart
+    store.close()
 
 
 def test_a_postgres_password_never_reaches_the_log_line():

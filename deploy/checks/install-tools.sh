@@ -34,13 +34,15 @@ fi
 
 # Debian packages the tests run: nginx (the load balancer of tests/test_load_balancer.py),
 # bubblewrap (a read-only root for tests/test_deploy_readonly_root.py), tmux (the terminal of
-# tests/test_terminal_*.py) and systemd (`systemd-analyze verify` in tests/test_deploy_systemd.py).
-# Installed only when missing, and only as root.
+# tests/test_terminal_*.py), systemd (`systemd-analyze verify` in tests/test_deploy_systemd.py)
+# and postgresql (the shared responses store of tests/test_responses_replicas.py; the tests start
+# a cluster of their own, never the package's service). Installed only when missing, and only as root.
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v tmux >/dev/null || missing+=(tmux)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -eq 0 ]; then
     :
 elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
