@@ -79,3 +79,18 @@ def test_metrics_count_stored_responses_bytes_and_evictions():
         assert client.responses.retrieve(ids[2]).id == ids[2]
         client.responses.delete(ids[2])
         assert metric(server, "airoboros_responses_stored") == 1
+
+
+def test_a_stored_chain_too_long_for_the_context_is_a_400_or_fits_with_truncation_auto():
+    with serving_fake() as server:
+        client = sdk(server)
+        long_turn = "x" * 5_000  # over half of the fake engine's context (8192 tokens)
+        first = client.responses.create(model=FAKE_MODEL, input=long_turn, max_output_tokens=2)
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.responses.create(model=FAKE_MODEL, input=long_turn, previous_response_id=first.id, max_output_tokens=2)
+        assert caught.value.body["code"] == "context_length_exceeded" and caught.value.body["param"] == "input"
+        fitted = client.responses.with_raw_response.create(
+            model=FAKE_MODEL, input=long_turn, previous_response_id=first.id, max_output_tokens=2, truncation="auto",
+        )
+        assert int(fitted.headers["X-Airoboros-Dropped-Messages"]) >= 1
+        assert fitted.parse().truncation == "auto"
