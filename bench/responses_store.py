@@ -118,6 +118,14 @@ def bench_ttft(args: argparse.Namespace) -> None:
     print(f"TTFT, {args.turns} stored turns then a new one, median of {args.rounds}: "
           f"previous_response_id {statistics.median(chained) * 1000:.0f} ms, "
           f"whole history {statistics.median(whole) * 1000:.0f} ms")
+    print("  previous_response_id:", " ".join(f"{s * 1000:.0f}" for s in chained))
+    print("  whole history:       ", " ".join(f"{s * 1000:.0f}" for s in whole))
+    import httpx
+
+    metrics = httpx.get(args.url.rstrip("/") + "/metrics", timeout=10).text
+    for line in metrics.splitlines():
+        if line.startswith('airoboros_responses_store_seconds_') and 'operation="chain"' in line and "_bucket" not in line:
+            print(" ", line)
 
 
 def main() -> None:
