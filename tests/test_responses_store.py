@@ -9,11 +9,13 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 
 import psycopg
 import pytest
 
 from server.store import StoreLimits, StoredResponse, StoreUnavailable, parse_store_location
+from server.store.base import StoreTotals
 from server.store.postgres import postgres_store
 from server.store.sql import TABLE, TOTALS
 from server.store.sqlite import sqlite_store
@@ -167,3 +169,42 @@ def test_a_postgres_password_never_reaches_the_log_line():
 def test_an_unknown_store_is_refused(value):
     with pytest.raises(ValueError, match="responses store must be"):
         parse_store_location(value)
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from server.store import StoreLimits, StoredResponse
+from server.store.sqlite import sqlite_store
+store = sqlite_store(Path(sys.argv[1]), StoreLimits(ttl_s=1e9, max_bytes=200_000))
+for number in range(100_000):
+    rid = f"resp_{number}"
+    store.put(StoredResponse(rid, None, time.time(), "completed", {"id": rid, "text": "y" * 2000}, []), time.time())
+    print(rid, flush=True)  # committed
+"""
+
+
+def test_a_writer_killed_mid_write_loses_no_committed_response_and_keeps_its_totals(tmp_path):
+    path = tmp_path / "responses.sqlite3"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    committed = []
+    try:
+        for line in writer.stdout:  # bounded: the writer is killed after 300 commits
+            committed.append(line.strip())
+            if len(committed) == 300:
+                writer.kill()  # SIGKILL, most likely inside the next transaction
+                break
+    finally:
+        writer.kill()
+        writer.wait(timeout=60)
+    assert len(committed) == 300, "the writer died before it committed 300 responses"
+    reopened = sqlite_store(path, StoreLimits(ttl_s=1e9, max_bytes=200_000))
+    reopened.open()
+    # The byte bound evicts the oldest: every recent committed one is there, whole.
+    recent = committed[-50:]
+    assert all(reopened.get(rid, now=time.time()).response["id"] == rid for rid in recent)
+    with sqlite3.connect(path) as check:
+        count, size = check.execute(f"SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM {TABLE}").fetchone()
+        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert reopened.totals() == StoreTotals(count, size) and size <= 200_000 + 3000
+    reopened.close()
