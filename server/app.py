@@ -4,6 +4,7 @@ routes, error handlers and middlewares."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -18,6 +19,7 @@ from server.api.chat import DROPPED_MESSAGES_HEADER, ChatService
 from server.api.completions import CompletionService
 from server.api.context import Services
 from server.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
+from server.api.background import STALE_S, BackgroundResponses, owner_name
 from server.api.responses import ResponsesService
 from server.api.stored_responses import StoredResponses
 from server.errors import install_error_handlers
@@ -30,6 +32,8 @@ from server.store import StoreArchive, StoreUnavailable, open_archive
 logger = logging.getLogger(__name__)
 
 
+# After the drain's deadline, what background responses get to store their end.
+BACKGROUND_WAIT_MARGIN_S = 10.0
 # Response headers a browser page may read (CORS hides all but a few by default).
 EXPOSED_HEADERS = ["X-Request-Id", "Retry-After", DROPPED_MESSAGES_HEADER]
 
@@ -44,7 +48,7 @@ def served_model_name(settings: Settings) -> str:
     return settings.model.resolve().name
 
 
-async def open_responses_store(archive: StoreArchive) -> bool:
+async def open_responses_store(archive: StoreArchive, owner: str) -> bool:
     """Connect (and create the schema) before serving; False when the server must not start.
 
     A SQLite file that cannot be opened is the operator's to fix: the start fails, naming the
@@ -66,6 +70,12 @@ async def open_responses_store(archive: StoreArchive) -> bool:
         )
         return True
     logger.info("responses store: %s", archive.description)
+    try:
+        stale = await archive.mark_stale(owner, time.time() - STALE_S)
+    except StoreUnavailable:
+        stale = 0  # marked at a later start
+    if stale:
+        logger.warning("%d background responses left running by a stopped server are now failed", stale)
     return True
 
 
@@ -78,13 +88,15 @@ def create_app(
     state = ServerState(settings=settings, metrics=metrics or Metrics(), served_name=served_model_name(settings))
     chat = ChatService(settings, get_format(settings.prompt_format))
     archive = open_archive(settings, state.metrics)
-    responses = ResponsesService(chat, StoredResponses(archive))
+    stored = StoredResponses(archive)
+    background = BackgroundResponses(stored, owner_name(settings.port))
+    responses = ResponsesService(chat, stored, background)
     services = Services(chat=chat, completions=CompletionService(settings), responses=responses)
     lifecycle = Lifecycle(state, request_exit, engine_started=[services.chat.use_engine])
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if archive is not None and not await open_responses_store(archive):
+        if archive is not None and not await open_responses_store(archive, background.owner):
             state.advance(Phase.DEAD)
             (request_exit or (lambda code: None))(1)
         else:
@@ -92,6 +104,8 @@ def create_app(
         try:
             yield
         finally:
+            # Background responses run until the drain's deadline interrupts them (then `incomplete`).
+            await background.wait(settings.drain_timeout + BACKGROUND_WAIT_MARGIN_S)
             await lifecycle.stop()
             if archive is not None:
                 await archive.close()

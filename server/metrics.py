@@ -85,3 +85,8 @@ class Metrics:
             f"{prefix}_responses_store_seconds", "Time of one call to the responses store, by operation.",
             ["operation"], buckets=_STORE_BUCKETS, registry=registry,
         )
+        self.background_responses = Counter(
+            f"{prefix}_background_responses",
+            "Background responses this replica ran, by how they ended: completed, incomplete, failed, cancelled.",
+            ["status"], registry=registry,
+        )

@@ -182,12 +182,12 @@ def test_the_wire_starts_with_a_keep_alive_and_has_no_done(default_server, defau
     "fields, param",
     [
         ({"tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]}, "tools"),
-        ({"background": True}, "background"),
+        ({"background": True, "stream": True}, "stream"),
         ({"previous_response_id": "resp_123", "conversation": "conv_1"}, "conversation"),
     ],
-    ids=["tools", "background", "previous_response_id with conversation"],
+    ids=["tools", "background stream", "previous_response_id with conversation"],
 )
-def test_what_needs_tools_or_background_work_is_a_bad_request(client, default_model_name, fields, param):
+def test_what_needs_tools_or_a_background_stream_is_a_bad_request(client, default_model_name, fields, param):
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model=default_model_name, input=QUESTION, **fields)
     assert caught.value.body["param"] == param

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from server.api.chat import ChatService
 from server.api.protocol import ChatCompletionRequest
 from server.api.responses_protocol import ResponseInputItem, ResponsesRequest
+from server.api.background import BackgroundResponses
 from server.api.stored_responses import StoredResponses
 from server.engine import Engine
 from server.errors import APIError, invalid_request
@@ -70,8 +71,18 @@ def refuse_unsupported(request: ResponsesRequest, store_on: bool) -> None:
             "previous_response_id, or send the whole conversation in `input`.",
             "conversation",
         )
-    if request.background:
-        raise _unsupported("background is not supported: responses run in the foreground here.", "background")
+    if request.background and (not store_on or request.store is False):
+        raise _unsupported(
+            "background: true needs the response stored: send store: true (the default) on a server whose "
+            "responses store is on.",
+            "background",
+        )
+    if request.background and request.stream:
+        raise _unsupported(
+            "background with stream: true is not supported yet: create it without streaming and poll "
+            "GET /v1/responses/{id}.",
+            "stream",
+        )
     if request.tools:
         raise invalid_request(
             "This model does not support tools; remove `tools`.", param="tools", code="tools_not_supported"
@@ -115,9 +126,12 @@ def in_responses_terms(error: APIError) -> APIError:
 
 
 class ResponsesService:
-    def __init__(self, chat: ChatService, stored: StoredResponses | None = None) -> None:
+    def __init__(
+        self, chat: ChatService, stored: StoredResponses | None = None, background: BackgroundResponses | None = None
+    ) -> None:
         self.chat = chat
         self.stored = stored or StoredResponses(None)
+        self.background = background or BackgroundResponses(self.stored, owner="")
 
     def check(self, request: ResponsesRequest) -> None:
         """The 400s that need no store or engine: before the chain is read."""
@@ -182,7 +196,7 @@ class ResponsesService:
             "parallel_tool_calls": True if request.parallel_tool_calls is None else request.parallel_tool_calls,
             "metadata": request.metadata or {},
             "store": self.stored.will_store(request),
-            "background": False,
+            "background": bool(request.background),
             "previous_response_id": request.previous_response_id,
             "reasoning": None,
             "truncation": request.truncation or "disabled",

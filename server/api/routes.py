@@ -11,6 +11,7 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from server.api.background import background_generation
 from server.api.chat import DROPPED_MESSAGES_HEADER
 from server.api.chat_encoder import ChatEncoder
 from server.api.completion_encoder import CompletionEncoder
@@ -103,6 +104,15 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         )
         return encoders[0]
 
+    if body.background:
+        generation, encoder, outcome = background_generation(
+            state, engine, prepared, make_encoder, request.state.request_id
+        )
+        started = await service.background.start(
+            state, generation, encoder, outcome, body.previous_response_id, stored_input_items(body)
+        )
+        return JSONResponse(started)
+
     save = None
     if service.stored.will_store(body):
         input_items = stored_input_items(body)
@@ -121,6 +131,16 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
 @router.get("/v1/responses/{response_id}", tags=["responses"], response_model=ResponseObject, responses=API_ERRORS)
 async def retrieve_response(response_id: str, request: Request) -> JSONResponse:
     record = await services(request).responses.stored.get(response_id)
+    return JSONResponse(record.response)
+
+
+@router.post(
+    "/v1/responses/{response_id}/cancel", tags=["responses"], response_model=ResponseObject, responses=API_ERRORS
+)
+async def cancel_response(response_id: str, request: Request) -> JSONResponse:
+    service = services(request).responses
+    record = await service.stored.cancel(response_id)
+    service.background.cancel_here(response_id)
     return JSONResponse(record.response)
 
 

@@ -108,7 +108,7 @@ class ResponseUsage(BaseModel):
 
 
 class ResponseIncompleteDetails(BaseModel):
-    reason: Literal["max_output_tokens"]
+    reason: Literal["max_output_tokens", "interrupted"]
 
 
 class ResponseObject(BaseModel):
@@ -118,8 +118,8 @@ class ResponseObject(BaseModel):
     object: Literal["response"]
     created_at: int
     completed_at: int | None
-    status: Literal["in_progress", "completed", "incomplete"]
-    error: None
+    status: Literal["queued", "in_progress", "completed", "incomplete", "failed", "cancelled"]
+    error: dict[str, Any] | None
     incomplete_details: ResponseIncompleteDetails | None
     model: str
     output: list[ResponseOutputMessage]
@@ -134,7 +134,7 @@ class ResponseObject(BaseModel):
     parallel_tool_calls: bool
     metadata: dict[str, str]
     store: bool
-    background: Literal[False]
+    background: bool
     previous_response_id: str | None
     reasoning: None
     truncation: Literal["auto", "disabled"]

@@ -106,6 +106,37 @@ class StoredResponses:
         except StoreUnavailable:
             raise store_unavailable() from None
 
+    async def save_record(
+        self, record: StoredResponse, *, owner: str | None = None, only_if_status: tuple[str, ...] | None = None
+    ) -> bool:
+        try:
+            return await self._archive().save(record, owner=owner, only_if_status=only_if_status)
+        except StoreUnavailable:
+            raise store_unavailable() from None
+
+    async def heartbeat(self, response_id: str) -> str | None:
+        return await self._archive().heartbeat(response_id)
+
+    async def cancel(self, response_id: str) -> StoredResponse:
+        """Mark a running background response cancelled; it as it is now."""
+        if self.archive is None:
+            raise response_not_found(response_id)
+        try:
+            record = await self.archive.get(response_id)
+            if record is None:
+                raise response_not_found(response_id)
+            if not record.response.get("background"):
+                raise invalid_request(
+                    "Only responses created with background: true can be cancelled.", param="response_id",
+                    code="not_background",
+                )
+            cancelled = await self.archive.cancel(response_id)
+        except StoreUnavailable:
+            raise store_unavailable() from None
+        if cancelled is None:
+            raise response_not_found(response_id)
+        return cancelled
+
     async def get(self, response_id: str) -> StoredResponse:
         if self.archive is None:
             raise response_not_found(response_id)

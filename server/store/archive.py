@@ -9,6 +9,7 @@ metrics (stored responses, bytes, evictions, call latency) are updated here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -43,13 +44,28 @@ class StoreArchive:
     async def open(self) -> None:
         self._count(await self._call("open", self.store.open))
 
-    async def save(self, record: StoredResponse) -> None:
-        result: PutResult = await self._call("put", self.store.put, record, time.time())
+    async def save(
+        self, record: StoredResponse, *, owner: str | None = None, only_if_status: tuple[str, ...] | None = None
+    ) -> bool:
+        """Write it; False when `only_if_status` did not hold (nothing written)."""
+        result: PutResult = await self._call(
+            "put", functools.partial(self.store.put, owner=owner, only_if_status=only_if_status), record, time.time()
+        )
         self._count(result.totals)
         if result.evicted:
             self.metrics.store_evictions.labels("size").inc(result.evicted)
         if result.expired:
             self.metrics.store_evictions.labels("expired").inc(result.expired)
+        return result.written
+
+    async def cancel(self, response_id: str) -> StoredResponse | None:
+        return await self._call("cancel", self.store.cancel, response_id, time.time())
+
+    async def heartbeat(self, response_id: str) -> str | None:
+        return await self._call("heartbeat", self.store.heartbeat, response_id, time.time())
+
+    async def mark_stale(self, owner: str, stale_before: float) -> int:
+        return await self._call("mark_stale", self.store.mark_stale, owner, stale_before)
 
     async def get(self, response_id: str) -> StoredResponse | None:
         return await self._call("get", self.store.get, response_id, time.time())

@@ -37,6 +37,7 @@ class PutResult:
     # Responses removed to make room (oldest first), and those found past their time to live.
     evicted: int = 0
     expired: int = 0
+    written: bool = True  # False: a conditional write found the status changed
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,22 @@ class ResponseStore(Protocol):
         """Create the schema if needed; the totals as they are."""
         ...
 
-    def put(self, record: StoredResponse, now: float) -> PutResult:
-        """Write `record` (replacing one with its id), drop what expired, evict the oldest
-        beyond the byte bound: one transaction."""
+    def put(
+        self, record: StoredResponse, now: float, *, owner: str | None = None,
+        only_if_status: tuple[str, ...] | None = None,
+    ) -> PutResult:
+        """Write `record` (replacing one with its id; with `only_if_status`, only if the stored
+        one has such a status), drop what expired, evict the oldest beyond the byte bound: one
+        transaction. `owner` names the process running a background response."""
+        ...
+
+    def cancel(self, response_id: str, now: float) -> StoredResponse | None:
+        ...
+
+    def heartbeat(self, response_id: str, now: float) -> str | None:
+        ...
+
+    def mark_stale(self, owner: str, stale_before: float) -> int:
         ...
 
     def get(self, response_id: str, now: float) -> StoredResponse | None:

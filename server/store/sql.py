@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 TABLE = "airoboros_responses"
 TOTALS = "airoboros_response_totals"
 EVICTION_BATCH = 64
+RUNNING = ("queued", "in_progress")  # a background response not finished yet
 
 SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -32,11 +33,14 @@ SCHEMA = (
         expires_at DOUBLE PRECISION NOT NULL,
         status TEXT NOT NULL,
         bytes BIGINT NOT NULL,
+        owner TEXT,
+        heartbeat DOUBLE PRECISION,
         response TEXT NOT NULL,
         input_items TEXT NOT NULL
     )""",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_created ON {TABLE} (created_at)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_expires ON {TABLE} (expires_at)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_running ON {TABLE} (status) WHERE status IN ('queued', 'in_progress')",
     f"""CREATE TABLE IF NOT EXISTS {TOTALS} (
         one INTEGER PRIMARY KEY CHECK (one = 1),
         responses BIGINT NOT NULL,
@@ -135,22 +139,36 @@ class SQLResponseStore:
     def open(self) -> StoreTotals:
         return self.totals()
 
-    def put(self, record: StoredResponse, now: float) -> PutResult:
+    def _lock_totals(self, cursor: Any) -> None:
+        # The totals row first: concurrent writers wait here, not halfway through.
+        cursor.execute(f"UPDATE {TOTALS} SET responses = responses, bytes = bytes WHERE one = 1")
+
+    def _status(self, cursor: Any, response_id: str) -> str | None:
+        cursor.execute(self._sql(f"SELECT status FROM {TABLE} WHERE id = ?"), (response_id,))
+        row = cursor.fetchone()
+        return None if row is None else row[0]
+
+    def put(
+        self, record: StoredResponse, now: float, *, owner: str | None = None,
+        only_if_status: tuple[str, ...] | None = None,
+    ) -> PutResult:
         response = json.dumps(record.response, separators=(",", ":"), ensure_ascii=False)
         items = json.dumps(record.input_items, separators=(",", ":"), ensure_ascii=False)
         size = len(response.encode()) + len(items.encode())
         with self._cursor(self.dialect.begin_write) as cursor:
-            # The totals row first: concurrent writers wait here, not halfway through.
-            cursor.execute(f"UPDATE {TOTALS} SET responses = responses, bytes = bytes WHERE one = 1")
+            self._lock_totals(cursor)
+            if only_if_status is not None and self._status(cursor, record.id) not in only_if_status:
+                # Cancelled (or finished) meanwhile, perhaps by another replica: that stands.
+                return PutResult(self._totals(cursor), written=False)
             cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE id = ? RETURNING bytes"), (record.id,))
             self._count_removed(cursor, cursor.fetchall())
             cursor.execute(
                 self._sql(
-                    f"INSERT INTO {TABLE} (id, previous_id, created_at, expires_at, status, bytes, response, "
-                    "input_items) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    f"INSERT INTO {TABLE} (id, previous_id, created_at, expires_at, status, bytes, owner, "
+                    "heartbeat, response, input_items) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
                 (record.id, record.previous_id, record.created_at, now + self.limits.ttl_s, record.status,
-                 size, response, items),
+                 size, owner, now, response, items),
             )
             cursor.execute(
                 self._sql(f"UPDATE {TOTALS} SET responses = responses + 1, bytes = bytes + ? WHERE one = 1"), (size,)
@@ -200,9 +218,57 @@ class SQLResponseStore:
         rid, previous_id, created_at, status, response, items = row
         return StoredResponse(rid, previous_id, float(created_at), status, json.loads(response), json.loads(items))
 
+    def _restate(self, cursor: Any, response_id: str, status: str, error: dict[str, Any] | None) -> None:
+        """Set a stored response's status, in its column and in its `response` object."""
+        cursor.execute(self._sql(f"SELECT response FROM {TABLE} WHERE id = ?"), (response_id,))
+        response = json.loads(cursor.fetchone()[0])
+        response["status"] = status
+        if error is not None:
+            response["error"] = error
+        cursor.execute(
+            self._sql(f"UPDATE {TABLE} SET status = ?, response = ? WHERE id = ?"),
+            (status, json.dumps(response, separators=(",", ":"), ensure_ascii=False), response_id),
+        )
+
+    def cancel(self, response_id: str, now: float) -> StoredResponse | None:
+        """Mark a queued or running response `cancelled` (its runner, on any replica, sees it on
+        its next heartbeat); the response as it now is, or None when unknown."""
+        with self._cursor(self.dialect.begin_write) as cursor:
+            self._lock_totals(cursor)
+            if self._status(cursor, response_id) in RUNNING:
+                self._restate(cursor, response_id, "cancelled", None)
+        return self.get(response_id, now)
+
+    def heartbeat(self, response_id: str, now: float) -> str | None:
+        """A running response's runner is alive; the status it has now (`cancelled`: stop)."""
+        with self._cursor() as cursor:
+            cursor.execute(
+                self._sql(f"UPDATE {TABLE} SET heartbeat = ? WHERE id = ? RETURNING status"), (now, response_id)
+            )
+            row = cursor.fetchone()
+        return None if row is None else row[0]
+
+    def mark_stale(self, owner: str, stale_before: float) -> int:
+        """Running responses nobody runs any more: `owner`'s own (this host's earlier process),
+        and anyone's whose heartbeat stopped before `stale_before`. They become `failed`."""
+        with self._cursor(self.dialect.begin_write) as cursor:
+            self._lock_totals(cursor)
+            cursor.execute(
+                self._sql(
+                    f"SELECT id FROM {TABLE} WHERE status IN ('queued', 'in_progress') "
+                    "AND (owner = ? OR heartbeat < ?)"
+                ),
+                (owner, stale_before),
+            )
+            stale = [row[0] for row in cursor.fetchall()]
+            error = {"code": "server_error", "message": "The server stopped before this response finished."}
+            for response_id in stale:
+                self._restate(cursor, response_id, "failed", error)
+            return len(stale)
+
     def delete(self, response_id: str, now: float) -> tuple[bool, StoreTotals]:
         with self._cursor(self.dialect.begin_write) as cursor:
-            cursor.execute(f"UPDATE {TOTALS} SET responses = responses, bytes = bytes WHERE one = 1")
+            self._lock_totals(cursor)
             cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE id = ? RETURNING bytes, expires_at"), (response_id,))
             removed = cursor.fetchall()
             self._count_removed(cursor, removed)
