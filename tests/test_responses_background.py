@@ -19,7 +19,8 @@ from tests.support.fake_engine import FakeAsyncLLM
 from tests.support.inprocess import FAKE_MODEL, serving_fake
 
 WAIT_S = 60.0
-LONG = {"max_output_tokens": 4000}  # 200 s at the fake's pace: running until the test ends it
+# 200 s at the fake's pace (ignore_eos: its reply again and again): running until the test ends it.
+LONG = {"max_output_tokens": 4000, "extra_body": {"ignore_eos": True}}
 
 
 def sdk(server) -> openai.OpenAI:

@@ -1,4 +1,5 @@
-"""Two replicas share one PostgreSQL responses store: turn 1 on A, turn 2 on B.
+"""Two replicas share one PostgreSQL responses store: turn 1 on A, turn 2 on B; a cancel sent
+to B stops a background response running on A.
 
 The replicas are the real server process on the fake engine (tests/support/fake_serve.py: they
 start in seconds; what this tests is the store between them, not the engine), and the database a
@@ -8,7 +9,10 @@ sees that B's prompt holds the turn A answered.
 
 from __future__ import annotations
 
+import time
 import uuid
+
+import httpx
 
 import openai
 import pytest
@@ -94,3 +98,18 @@ def test_with_the_database_gone_stored_requests_are_503_and_stateless_ones_work(
         database.start()
     # Back: the next stored request connects again, no restart.
     assert client.responses.retrieve(kept.id).id == kept.id
+
+
+def test_a_cancel_sent_to_b_stops_a_background_response_running_on_a(replicas):
+    a, b = replicas
+    # 4000 tokens (ignore_eos: the fake's reply again and again) at 10 ms a token: still
+    # running when the cancel comes.
+    started = sdk(a).responses.create(
+        model=FAKE_MODEL, input="Hi", background=True, max_output_tokens=4000, extra_body={"ignore_eos": True}
+    )
+    assert sdk(b).responses.cancel(started.id).status == "cancelled"
+    deadline = time.monotonic() + 60
+    while 'airoboros_background_responses_total{status="cancelled"} 1.0' not in httpx.get(a.base_url + "/metrics").text:
+        assert time.monotonic() < deadline, "replica A did not stop the cancelled response within 60 s"
+        time.sleep(0.1)
+    assert sdk(a).responses.retrieve(started.id).status == "cancelled"

@@ -10,15 +10,17 @@ Records past their time to live are invisible at once and deleted by the next wr
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from server.store.base import PutResult, StoreLimits, StoredResponse, StoreTotals, StoreUnavailable
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TABLE = "airoboros_responses"
 TOTALS = "airoboros_response_totals"
@@ -48,6 +50,24 @@ SCHEMA = (
     )""",
     f"INSERT INTO {TOTALS} (one, responses, bytes) VALUES (1, 0, 0) ON CONFLICT DO NOTHING",
 )
+
+
+def retried_on_a_new_connection(method: Callable[..., T]) -> Callable[..., T]:
+    """A call that failed on a connection made earlier runs once more on a new one: a database
+    restarted since then (its connections cut) costs a reconnect, not a failed request. Every
+    operation may run twice: writes replace by id, cancels and heartbeats repeat harmlessly."""
+
+    @functools.wraps(method)
+    def call(self: "SQLResponseStore", *args: Any, **kwargs: Any) -> T:
+        reused = self._connection is not None
+        try:
+            return method(self, *args, **kwargs)
+        except StoreUnavailable:
+            if not reused:
+                raise
+            return method(self, *args, **kwargs)
+
+    return call
 
 
 @dataclass(frozen=True)
@@ -136,6 +156,7 @@ class SQLResponseStore:
 
     # --- the interface --------------------------------------------------------------------
 
+    @retried_on_a_new_connection
     def open(self) -> StoreTotals:
         return self.totals()
 
@@ -148,6 +169,7 @@ class SQLResponseStore:
         row = cursor.fetchone()
         return None if row is None else row[0]
 
+    @retried_on_a_new_connection
     def put(
         self, record: StoredResponse, now: float, *, owner: str | None = None,
         only_if_status: tuple[str, ...] | None = None,
@@ -203,6 +225,7 @@ class SQLResponseStore:
             evicted += len(victims)
         return evicted
 
+    @retried_on_a_new_connection
     def get(self, response_id: str, now: float) -> StoredResponse | None:
         with self._cursor() as cursor:
             cursor.execute(
@@ -230,6 +253,7 @@ class SQLResponseStore:
             (status, json.dumps(response, separators=(",", ":"), ensure_ascii=False), response_id),
         )
 
+    @retried_on_a_new_connection
     def cancel(self, response_id: str, now: float) -> StoredResponse | None:
         """Mark a queued or running response `cancelled` (its runner, on any replica, sees it on
         its next heartbeat); the response as it now is, or None when unknown."""
@@ -239,6 +263,7 @@ class SQLResponseStore:
                 self._restate(cursor, response_id, "cancelled", None)
         return self.get(response_id, now)
 
+    @retried_on_a_new_connection
     def heartbeat(self, response_id: str, now: float) -> str | None:
         """A running response's runner is alive; the status it has now (`cancelled`: stop)."""
         with self._cursor() as cursor:
@@ -248,6 +273,7 @@ class SQLResponseStore:
             row = cursor.fetchone()
         return None if row is None else row[0]
 
+    @retried_on_a_new_connection
     def mark_stale(self, owner: str, stale_before: float) -> int:
         """Running responses nobody runs any more: `owner`'s own (this host's earlier process),
         and anyone's whose heartbeat stopped before `stale_before`. They become `failed`."""
@@ -266,6 +292,7 @@ class SQLResponseStore:
                 self._restate(cursor, response_id, "failed", error)
             return len(stale)
 
+    @retried_on_a_new_connection
     def delete(self, response_id: str, now: float) -> tuple[bool, StoreTotals]:
         with self._cursor(self.dialect.begin_write) as cursor:
             self._lock_totals(cursor)
@@ -276,6 +303,7 @@ class SQLResponseStore:
             existed = bool(removed) and float(removed[0][1]) > now
             return existed, self._totals(cursor)
 
+    @retried_on_a_new_connection
     def totals(self) -> StoreTotals:
         with self._cursor() as cursor:
             return self._totals(cursor)
