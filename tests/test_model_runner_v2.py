@@ -1,9 +1,10 @@
 """Model Runner V2 (vLLM 0.32's GPU default) and our MPT plugin; the `--model-runner` setting.
 
-The replay (tests/support/runner_v2_replay.py, one child process, about 10 s) runs vLLM's V2 code
-with the platform mocked as an H100 and Triton interpreted: the runner decision for what the server
-passes, the checks V2 makes of a loaded model (each also for a model that fails it), and one V2
-step of a mixed batch through our MPT. What V2 needs of a model is in server/models/README.md.
+The replay (tests/support/runner_v2_replay.py, one child process, 10-40 s) runs vLLM's V2 code
+with the platform mocked as an H100 (TRITON_ATTN) and an A100 (FLASH_ATTN, FlashAttention 2) and
+Triton interpreted: the runner decision for what the server passes, the checks V2 makes of a
+loaded model (each also for a model that fails it), one V2 step of a mixed batch through our MPT,
+and the forward V2 records into a FULL CUDA graph. What V2 needs of a model is in server/models/README.md.
 The rest is pure: the setting, the switch it becomes, and its refusal on vLLM's CPU build.
 """
 
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -27,9 +29,12 @@ from server.engine.args import (
 from server.settings import Settings
 from tests.support.server import REPO_ROOT
 from tests.support.tiny_mpt import TinyMpt, mosaicml_config
-from tests.test_kv_offload import mpt_dir, serve_settings
+from tests.support.settings import serve_settings
 
 MPT_SLOPES_2_HEADS = [2**-4, 2**-8]  # MPT's ALiBi, alibi_bias_max 8
+# The replay's GPU kinds (tests/support/runner_v2_replay.GPUS): the server's backend, its, and the backend's CUDA-graph support.
+# FlashAttention version, the backend's CUDA-graph support, and the kernel entry point it calls.
+GPUS = {"sm90": ("TRITON_ATTN", None, "ALWAYS", "triton"), "sm80": ("FLASH_ATTN", 2, "UNIFORM_BATCH", "fa2")}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +53,6 @@ def replay(tmp_path_factory) -> dict:
     lines = [line for line in run.stdout.splitlines() if line.startswith("RUNNER-V2-REPLAY ")]
     assert run.returncode == 0 and lines, f"replay failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
     result = json.loads(lines[-1].removeprefix("RUNNER-V2-REPLAY "))
-    assert "crash" not in result, result["crash"]
     assert result["has_triton"] is True  # vLLM saw Triton, as on a GPU host
     return result
 
@@ -71,68 +75,92 @@ def test_a_forced_v2_without_triton_is_refused_by_vllm_as_the_cli_refuses_it(rep
 
 def test_the_gpu_default_captures_full_and_piecewise_cuda_graphs(replay):
     assert replay["decisions"]["auto-triton"]["cudagraph_mode"] == "FULL_AND_PIECEWISE"
-    assert replay["checks"]["cudagraph_mode"] == "FULL_AND_PIECEWISE"
 
 
-# --- what V2 checks of the loaded model --------------------------------------------------------
+# --- per GPU kind: what V2 checks of the loaded model, one step, one capture forward ------------
 
 
-def test_v2_takes_mpt_as_a_plain_decoder_that_generates(replay):
-    checks = replay["checks"]
-    assert replay["step_config_v2"] is True
+@pytest.fixture(params=sorted(GPUS), ids=lambda name: f"{name}-{GPUS[name][0]}")
+def gpu(request, replay) -> SimpleNamespace:
+    """One GPU kind's replay, with what the server's choice for it must give."""
+    result = replay["gpus"][request.param]
+    assert "crash" not in result, result["crash"]
+    assert result["v2"] is True  # the server's engine config on this GPU runs V2
+    backend, fa_version, cudagraphs, op = GPUS[request.param]
+    return SimpleNamespace(backend=backend, fa_version=fa_version, cudagraphs=cudagraphs, op=op, **result)
+
+
+def test_v2_takes_mpt_as_a_plain_decoder_that_generates(gpu):
+    checks = gpu.checks
     assert checks["model_state"] == "DefaultModelState"
     assert checks["tasks"] == ["generate"]
     assert checks["extra_model_inputs"] == []  # no M-RoPE: the model gets V2's flat positions
+    assert checks["cudagraph_mode"] == "FULL_AND_PIECEWISE"
 
 
-def test_a_model_without_embed_input_ids_would_generate_nothing(replay):
+def test_a_model_without_embed_input_ids_would_generate_nothing(gpu):
     """The control: vLLM's text-generation interface less `embed_input_ids` offers no task."""
-    assert replay["checks"]["tasks_without_embed_input_ids"] == []
+    assert gpu.checks["tasks_without_embed_input_ids"] == []
 
 
-def test_piecewise_cuda_graphs_need_the_compiled_submodule_mpt_has(replay):
-    checks = replay["checks"]
+def test_piecewise_cuda_graphs_need_the_compiled_submodule_mpt_has(gpu):
+    checks = gpu.checks
     assert checks["compiled_submodule"] is True  # MptModel's @support_torch_compile
     # The control: the same model with its compile wrapper off is refused at capture.
     assert "piecewise CUDA graphs" in checks["capture_without_compiled_submodule"]
     assert "not torch-compiled" in checks["capture_without_compiled_submodule"]
 
 
-# --- one V2 step through MPT -------------------------------------------------------------------
+def test_v2_builds_the_servers_attention_backend_for_each_gpu(gpu):
+    attention = gpu.attention
+    assert attention["backends"] == [gpu.backend]
+    assert attention["fa_version"] == gpu.fa_version
+    # TRITON_ATTN: FULL graphs for any batch; FA2: FULL graphs for uniform decode batches.
+    assert attention["min_cudagraph_support"] == gpu.cudagraphs
+    assert attention["kernel_block_sizes"] == [16]
 
 
-def test_v2_builds_triton_attention_with_cuda_graphs_for_every_batch(replay):
-    step = replay["step"]
-    assert step["attention_backends"] == ["TRITON_ATTN"]
-    assert step["min_cudagraph_support"] == "ALWAYS"
-    assert step["kernel_block_sizes"] == [16]
-
-
-def test_v2s_input_kernels_give_each_request_its_tokens_positions_and_lengths(replay):
-    inputs = replay["step"]["inputs"]
+def test_v2s_input_kernels_give_each_request_its_tokens_positions_and_lengths(gpu):
+    inputs = gpu.step["inputs"]
     # A new 5-token prompt, a 4-token chunk after 16, a decode after 30; the unused slot zeroed.
     assert inputs["input_ids_match_the_requests"] is True
     assert inputs["positions"] == [0, 1, 2, 3, 4, 16, 17, 18, 19, 30]
     assert inputs["seq_lens"] == [5, 20, 31, 0]
 
 
-def test_the_attention_kernel_gets_mpts_slopes_and_v2s_lengths_in_every_layer(replay):
-    calls = replay["step"]["kernel_calls"]
+def test_the_attention_kernel_gets_mpts_slopes_and_v2s_lengths_in_every_layer(gpu):
+    calls = gpu.step["kernel_calls"]
     assert len(calls) == TinyMpt().n_layers
     for call in calls:
+        assert call["op"] == gpu.op
         assert call["alibi"] == MPT_SLOPES_2_HEADS  # ALiBi is MPT's only position signal
         assert call["cu_seqlens_q"] == [0, 5, 9, 10]
         assert call["seqused_k"] == [5, 20, 31]
         assert (call["max_seqlen_q"], call["max_seqlen_k"], call["causal"]) == (5, 31, True)
 
 
-def test_the_step_writes_exactly_the_scheduled_tokens_kv_and_yields_logits(replay):
-    step = replay["step"]
+def test_the_step_writes_exactly_the_scheduled_tokens_kv_and_yields_logits(gpu):
+    step = gpu.step
     assert step["kv_slots_written"] == step["kv_slots_expected"]
     assert len(step["kv_slots_written"]) == 10
     assert step["hidden_shape"] == [10, TinyMpt().d_model]
     assert step["logits_shape"] == [10, 512]
     assert step["inputs_embeds_path_equal"] is True  # V2's prompt-embeds path: embed_input_ids
+
+
+def test_the_full_graph_capture_forward_passes_the_kernels_guards_with_alibi(gpu):
+    """What V2 records into a FULL CUDA graph for a decode batch: capture-time metadata sized for
+    the longest context, MPT's slopes, no KV written by the padding slots."""
+    capture = gpu.capture
+    assert capture["error"] is None
+    assert capture["hidden_shape"] == [3, TinyMpt().d_model]
+    assert capture["kv_unchanged"] is True
+    assert len(capture["kernel_calls"]) == TinyMpt().n_layers
+    for call in capture["kernel_calls"]:
+        assert call["op"] == gpu.op
+        assert call["alibi"] == MPT_SLOPES_2_HEADS
+        assert call["cu_seqlens_q"] == [0, 1, 2, 3] and call["max_seqlen_q"] == 1
+        assert call["max_seqlen_k"] == TinyMpt().max_seq_len  # graphs replay at any length
 
 
 # --- the setting (pure) ------------------------------------------------------------------------
@@ -171,11 +199,12 @@ def test_vllm_reads_the_switch_the_server_writes(monkeypatch):
 
 
 def test_the_cpu_build_has_no_v2_runner(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(mosaicml_config(TinyMpt())))
     problem = model_runner_problem(Settings(model_runner="v2"))
     assert problem is not None and problem.startswith("--model-runner v2: vLLM's CPU build")
     assert model_runner_problem(Settings()) is None and model_runner_problem(Settings(model_runner="v1")) is None
     with pytest.raises(ModelRunnerRefused):  # also for whoever builds engine args directly
-        engine_args(Settings(model_runner="v2", model=tmp_path), mpt_dir(tmp_path), "mpt")
+        engine_args(Settings(model_runner="v2", model=tmp_path), tmp_path, "mpt")
 
 
 def test_a_gpu_build_may_choose_v2(monkeypatch):

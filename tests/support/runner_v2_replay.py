@@ -1,28 +1,30 @@
-"""Replay vLLM's Model Runner V2 for our MPT plugin on this CPU machine, as a CUDA GPU would run it.
+"""Replay vLLM's Model Runner V2 for our MPT plugin on this CPU machine, as CUDA GPUs would run it.
 
 vLLM 0.32's CUDA wheel uses Model Runner V2 (vllm/v1/worker/gpu/) whenever Triton imports; its
 CPU build never does. This child process makes vLLM's CPU wheel answer as the CUDA wheel would,
-with only the hardware mocked (tests/support/cuda_replay.py: a CUDA platform of capability 9.0,
-stubbed C extensions, FlashAttention's and the Triton attention kernel's entry points recording
-their calls) and Triton real but interpreted (`TRITON_INTERPRET=1`, set by the caller before
+with only the hardware mocked (tests/support/cuda_replay.py: a CUDA platform of a chosen compute
+capability, stubbed C extensions; here also the attention kernels' entry points, which record
+their arguments) and Triton real but interpreted (`TRITON_INTERPRET=1`, set by the caller before
 anything imports Triton: vLLM's `HAS_TRITON` is then true, as on a GPU host). Everything else is
 vLLM's own code:
 
 - the runner decision (`VllmConfig.use_v2_model_runner`) on the engine config built from what the
   server passes (`--model-runner` through `server.engine.args`, the attention arguments per GPU),
   with Triton present and absent (the CPU build);
-- what the V2 runner checks of the model once loaded: its model state (`init_model_state`), the
-  tasks it offers (`get_supported_generation_tasks`: "generate" only for a vLLM text-generation
-  model), the piecewise-CUDA-graph precondition (`ModelCudaGraphManager.capture` refuses a model
-  with no active `@support_torch_compile` submodule), each also for a model that lacks it;
-- one V2 step for a mixed batch (a new prompt, a prefill chunk after earlier context, a decode),
+- per GPU kind (H100: TRITON_ATTN; A100: FLASH_ATTN pinned to FlashAttention 2), what the V2
+  runner checks of the model once loaded: its model state (`init_model_state`), the tasks it
+  offers (`get_supported_generation_tasks`: "generate" only for a vLLM text-generation model), the
+  piecewise-CUDA-graph precondition (`ModelCudaGraphManager.capture` refuses a model with no
+  active `@support_torch_compile` submodule), each also for a model that lacks it;
+- one V2 step of a mixed batch (a new prompt, a prefill chunk after earlier context, a decode),
   its requests in shuffled state slots: V2's attention groups and KV cache (`init_attn_backend`,
   `init_kv_cache`), its Triton input kernels (`prepare_prefill_inputs`, `prepare_pos_seq_lens`,
   interpreted), its attention metadata (`DefaultModelState.prepare_attn`), the model called as V2
   calls it (keywords `input_ids`, `positions`, `inputs_embeds`, `intermediate_tensors` under
-  `set_forward_context`), the KV write (vLLM's Triton reshape-and-cache kernel, interpreted) and
-  the attention kernel's arguments; the same step through `inputs_embeds` (V2's prompt-embeds
-  path calls `embed_input_ids`), and `compute_logits`.
+  `set_forward_context`), the KV write and the attention kernel's arguments; the same step through
+  `inputs_embeds` (V2's prompt-embeds path calls `embed_input_ids`), and `compute_logits`;
+- the forward V2 captures in a FULL CUDA graph: its dummy decode batch (`InputBatch.make_dummy`)
+  and capture-time metadata (`prepare_attn(..., for_capture=True)`), run without the graph.
 
     python -m tests.support.runner_v2_replay MODEL_DIR      (prints one JSON object)
 """
@@ -38,7 +40,11 @@ from typing import Any
 
 import torch
 
-CAPABILITY = (9, 0)  # H100/H200: TRITON_ATTN, the server's choice (server/gpu/attention.py)
+# GPU kinds and the backend the server gives each (server/gpu/attention.py).
+GPUS = {"sm90": (9, 0), "sm80": (8, 0)}  # H100/H200: TRITON_ATTN; A100: FLASH_ATTN (FA2)
+DECISION_GPU = "sm90"
+CAPTURE_REQS = 3  # a FULL-graph decode capture size
+_capability = GPUS[DECISION_GPU]
 BLOCK_SIZE = 16
 # A mixed step: (tokens already computed, tokens scheduled now, prompt length) per request.
 STEP = [(0, 5, 5), (16, 4, 24), (30, 1, 12)]
@@ -62,23 +68,34 @@ def import_triton_as_on_a_gpu() -> bool:
 
 
 class KernelRecorder:
-    """TRITON_ATTN's `unified_attention`: keeps the arguments MPT depends on, writes zeros (the
-    kernel's ALiBi arithmetic is tests/test_gpu_triton_alibi.py's business)."""
+    """The attention kernels' entry points, TRITON_ATTN's `unified_attention` and FlashAttention
+    2's C op: each keeps the arguments MPT depends on and writes zeros (the kernels' ALiBi
+    arithmetic is tests/test_gpu_triton_alibi.py's business)."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
+    def _record(self, op: str, cu_seqlens_q, seqused_k, max_seqlen_q, max_seqlen_k, block_table, alibi, causal) -> None:  # noqa: ANN001, PLR0913
+        self.calls.append({
+            "op": op,
+            "cu_seqlens_q": cu_seqlens_q.tolist(),
+            "seqused_k": seqused_k.tolist(),
+            "max_seqlen_q": int(max_seqlen_q),
+            "max_seqlen_k": int(max_seqlen_k),
+            "block_table_rows": block_table.shape[0],
+            "alibi": None if alibi is None else alibi.tolist(),
+            "causal": bool(causal),
+        })
+
     def unified_attention(self, **kwargs: Any) -> None:
         kwargs["out"].zero_()
-        self.calls.append({
-            "cu_seqlens_q": kwargs["cu_seqlens_q"].tolist(),
-            "seqused_k": kwargs["seqused_k"].tolist(),
-            "max_seqlen_q": int(kwargs["max_seqlen_q"]),
-            "max_seqlen_k": int(kwargs["max_seqlen_k"]),
-            "block_table_rows": kwargs["block_table"].shape[0],
-            "alibi": None if kwargs["alibi_slopes"] is None else kwargs["alibi_slopes"].tolist(),
-            "causal": bool(kwargs["causal"]),
-        })
+        self._record("triton", kwargs["cu_seqlens_q"], kwargs["seqused_k"], kwargs["max_seqlen_q"],
+                     kwargs["max_seqlen_k"], kwargs["block_table"], kwargs["alibi_slopes"], kwargs["causal"])
+
+    def varlen_fwd(self, q, k, v, out, *args):  # noqa: ANN001 - the C op's positional signature
+        out.zero_()
+        self._record("fa2", args[0], args[2], args[6], args[7], args[4], args[5], args[11])
+        return out, torch.empty(0)
 
 
 def import_compiler_with_cuda_fusion_tables() -> None:
@@ -137,6 +154,19 @@ def runner_decision(model: str, model_runner: str, has_triton: bool) -> dict[str
     return outcome
 
 
+def install_gpu(gpu: str, recorder: KernelRecorder) -> None:
+    """The mocked platform for one GPU kind, and the attention kernels' entry points recorded."""
+    global _capability
+    from tests.support import cuda_replay
+
+    _capability = GPUS[gpu]
+    cuda_replay.install_platform(_capability, cuda_replay.Recorder())
+    torch.ops._vllm_fa2_C = SimpleNamespace(varlen_fwd=recorder.varlen_fwd)
+    import vllm.v1.attention.backends.triton_attn as triton_attn  # imported afresh per GPU
+
+    triton_attn.unified_attention = recorder.unified_attention
+
+
 def main(argv: list[str]) -> int:
     model_dir = argv[0]
     result: dict[str, Any] = {"has_triton": import_triton_as_on_a_gpu()}
@@ -146,24 +176,25 @@ def main(argv: list[str]) -> int:
     import server.models
 
     server.models.register()
-    cuda_replay.install_platform(CAPABILITY, cuda_replay.Recorder())
     recorder = KernelRecorder()
-    import vllm.v1.attention.backends.triton_attn as triton_attn
-
-    triton_attn.unified_attention = recorder.unified_attention
+    install_gpu(DECISION_GPU, recorder)
     result["decisions"] = {
         f"{runner}-{'triton' if has_triton else 'no-triton'}": runner_decision(model_dir, runner, has_triton)
         for runner in ("auto", "v1", "v2") for has_triton in (True, False)
     }
-    try:
-        result.update(replay_step(model_dir, recorder))
-    except Exception:  # noqa: BLE001 - reported, the test shows it
-        result["crash"] = traceback.format_exc()
+    result["gpus"] = {}
+    for gpu in GPUS:
+        install_gpu(gpu, recorder)
+        try:
+            result["gpus"][gpu] = replay_model(model_dir, recorder)
+        except Exception:  # noqa: BLE001 - reported, the test shows it
+            result["gpus"][gpu] = {"crash": traceback.format_exc()}
     print("RUNNER-V2-REPLAY " + json.dumps(result))
     return 0
 
 
-def replay_step(model_dir: str, recorder: KernelRecorder) -> dict[str, Any]:
+def replay_model(model_dir: str, recorder: KernelRecorder) -> dict[str, Any]:
+    """V2's checks of the loaded MPT, then a mixed step and a FULL-graph capture forward."""
     from vllm.config import set_current_vllm_config
     from vllm.engine.arg_utils import EngineArgs
     from vllm.utils.torch_utils import set_default_torch_dtype
@@ -175,13 +206,12 @@ def replay_step(model_dir: str, recorder: KernelRecorder) -> dict[str, Any]:
     arguments = attention_engine_arguments("auto", model_dir, "auto", current_target())
     config = EngineArgs(model=model_dir, skip_tokenizer_init=True, dtype="bfloat16", max_num_seqs=MAX_REQS,
                         **arguments).create_engine_config()
-    out: dict[str, Any] = {"step_config_v2": config.use_v2_model_runner}
+    out: dict[str, Any] = {"v2": config.use_v2_model_runner}
     with set_current_vllm_config(config):
         init_one_rank()
         from server.models.mpt import MptForCausalLM
 
         import_compiler_with_cuda_fusion_tables()
-
         with set_default_torch_dtype(config.model_config.dtype), torch.device("cpu"):
             model = MptForCausalLM(vllm_config=config)
         generator = torch.Generator().manual_seed(1)
@@ -189,7 +219,10 @@ def replay_step(model_dir: str, recorder: KernelRecorder) -> dict[str, Any]:
             for parameter in model.parameters():
                 parameter.copy_(torch.rand(parameter.shape, generator=generator) - 0.5)
         out["checks"] = runner_checks(config, model)
-        out["step"] = run_step(config, model, recorder)
+        runner = V2Pieces(config, model)
+        out["attention"] = runner.attention
+        out["step"] = run_step(runner, recorder)
+        out["capture"] = run_capture_forward(runner, recorder)
     return out
 
 
@@ -240,7 +273,9 @@ def runner_checks(config, model) -> dict[str, Any]:  # noqa: ANN001
 def register_attention_ops_for_cpu_tensors() -> None:
     """vLLM registers its attention custom ops (KV write, attention with output) for the
     platform's dispatch key, CUDA here; this replay's tensors live on the CPU, so the same Python
-    implementations are registered for CPU too."""
+    implementations are registered for CPU too (once per process)."""
+    if _LIBRARIES:
+        return
     from torch.library import Library
 
     import vllm.model_executor.layers.attention.attention as attention
@@ -249,48 +284,103 @@ def register_attention_ops_for_cpu_tensors() -> None:
     for name in ("unified_kv_cache_update", "unified_attention_with_output"):
         library.impl(name, getattr(attention, name), "CPU")
     _LIBRARIES.append(library)  # an implementation lives as long as its Library object
-    # The KV-write kernel asks torch which GPU it runs on (Hopper takes another code path).
-    torch.cuda.get_device_capability = lambda device=None: CAPABILITY
+    # FlashAttention's KV write is a CUDA op vLLM's CPU build lacks; vLLM's Triton twin of it
+    # (same arguments, what TRITON_ATTN uses) writes the same paged cache, interpreted here.
+    from vllm.v1.attention.ops.triton_reshape_and_cache_flash import triton_reshape_and_cache_flash
+
+    real_cache_ops = torch.ops._C_cache_ops
+
+    class CacheOps:
+        reshape_and_cache_flash = staticmethod(triton_reshape_and_cache_flash)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_cache_ops, name)
+
+    torch.ops._C_cache_ops = CacheOps()
+    # The Triton KV-write kernel asks torch which GPU it runs on (Hopper takes another path).
+    torch.cuda.get_device_capability = lambda device=None: _capability
 
 
 _LIBRARIES: list[Any] = []
 
 
-def run_step(config, model, recorder: KernelRecorder) -> dict[str, Any]:  # noqa: ANN001
+class V2Pieces:
+    """What GPUModelRunner sets up once the model is loaded, by V2's own functions: the KV cache
+    layout (as the engine core resolves it), the KV cache config, the attention groups and their
+    metadata builders, the KV cache bound to the layers, and the model state."""
+
+    def __init__(self, config, model) -> None:  # noqa: ANN001
+        from vllm.distributed.kv_transfer.kv_connector.utils import get_current_attn_backends
+        from vllm.v1.attention.backends.utils import (
+            get_supported_kv_cache_layouts, record_kv_cache_layout, resolve_kv_cache_layout,
+        )
+        from vllm.v1.core.kv_cache_utils import get_kv_cache_configs
+        from vllm.v1.worker.gpu.attn_utils import get_kv_cache_spec, init_attn_backend, init_kv_cache
+        from vllm.v1.worker.gpu.model_states import init_model_state
+
+        register_attention_ops_for_cpu_tensors()
+        self.config, self.model, cpu = config, model, torch.device("cpu")
+        specs = get_kv_cache_spec(config)
+        supported = [layout.name for layout in get_supported_kv_cache_layouts(get_current_attn_backends(config))]
+        record_kv_cache_layout(config.cache_config, resolve_kv_cache_layout(config, [supported], specs.values()).name)
+        page = next(iter(specs.values())).page_size_bytes
+        self.kv_config = get_kv_cache_configs(config, [specs], [128 * page * len(specs)])[0]
+        self.attn_groups, cg_support, kernel_block_sizes = init_attn_backend(self.kv_config, config, cpu)
+        self.caches = init_kv_cache(
+            config.compilation_config.static_forward_context, self.kv_config, cpu, kernel_block_sizes, config,
+            attn_groups=[group for groups in self.attn_groups for group in groups],
+        )
+        self.block_size = kernel_block_sizes[0]
+        self.state = init_model_state(config, model, None, cpu)
+        layer = model.transformer.blocks[0].attn.attn
+        self.first_cache = layer.kv_cache if isinstance(layer.kv_cache, torch.Tensor) else layer.kv_cache[0]
+        assert self.first_cache.data_ptr() == self.caches[layer.layer_name].data_ptr()  # V2's, bound
+        self.attention = {
+            "backends": sorted({group.backend.get_name() for groups in self.attn_groups for group in groups}),
+            "fa_version": getattr(layer.impl, "vllm_flash_attn_version", None),
+            "min_cudagraph_support": cg_support.min_cg_support.name,
+            "kernel_block_sizes": kernel_block_sizes,
+            "num_blocks": self.kv_config.num_blocks,
+        }
+
+    def metadata(self, batch, block_table, slots, for_capture=False):  # noqa: ANN001, ANN201
+        from vllm.config.compilation import CUDAGraphMode
+
+        # V2 builds capture metadata with mode NONE and for_capture set (prepare_inputs_to_capture).
+        return self.state.prepare_attn(batch, CUDAGraphMode.NONE, (block_table,), slots, self.attn_groups,
+                                       self.kv_config, for_capture=for_capture)
+
+    def forward(self, metadata, slots, positions, mode, recorder, **inputs: Any) -> torch.Tensor:  # noqa: ANN001
+        """The model called as V2 calls it. skip_compiled keeps torch.compile out of this CPU
+        replay; the call is the one V2 makes in every mode."""
+        from vllm.forward_context import set_forward_context
+        from vllm.v1.worker.gpu.attn_utils import build_slot_mappings_by_layer
+
+        recorder.calls.clear()
+        with set_forward_context(
+            metadata, self.config, num_tokens=positions.shape[0], cudagraph_runtime_mode=mode,
+            slot_mapping=build_slot_mappings_by_layer(slots, self.kv_config), skip_compiled=True,
+        ), torch.inference_mode():
+            return self.model(**inputs, positions=positions, intermediate_tensors=None)
+
+    def kv_slots_written(self) -> list[int]:
+        """The cache slots of the first layer holding anything, whatever the backend's layout
+        (TRITON_ATTN: blocks × 2 × block × ...; FlashAttention: 2 × blocks × block × ...)."""
+        cache, blocks = self.first_cache, self.kv_config.num_blocks
+        blocks_dim = list(cache.shape).index(blocks)
+        block_dim = blocks_dim + 1 + list(cache.shape[blocks_dim + 1 :]).index(self.block_size)
+        other = tuple(d for d in range(cache.dim()) if d not in (blocks_dim, block_dim))
+        nonzero = cache.float().abs().sum(dim=other) != 0
+        return [block * self.block_size + offset for block in range(blocks) for offset in range(self.block_size)
+                if nonzero[block, offset]]
+
+
+def run_step(runner: V2Pieces, recorder: KernelRecorder) -> dict[str, Any]:
     """One V2 step of a mixed batch, from V2's input kernels to logits."""
-    register_attention_ops_for_cpu_tensors()
     from vllm.config.compilation import CUDAGraphMode
-    from vllm.distributed.kv_transfer.kv_connector.utils import get_current_attn_backends
-    from vllm.forward_context import set_forward_context
-    from vllm.v1.attention.backends.utils import (
-        get_supported_kv_cache_layouts, record_kv_cache_layout, resolve_kv_cache_layout,
-    )
-    from vllm.v1.core.kv_cache_utils import get_kv_cache_configs
-    from vllm.v1.worker.gpu.attn_utils import (
-        build_slot_mappings_by_layer, get_kv_cache_spec, init_attn_backend, init_kv_cache,
-    )
     from vllm.v1.worker.gpu.input_batch import prepare_pos_seq_lens, prepare_prefill_inputs
-    from vllm.v1.worker.gpu.model_states import init_model_state
 
-    cpu = torch.device("cpu")
-    specs = get_kv_cache_spec(config)
-    # The engine core's layout resolution, from what the worker's backends support.
-    supported = [layout.name for layout in get_supported_kv_cache_layouts(get_current_attn_backends(config))]
-    record_kv_cache_layout(config.cache_config, resolve_kv_cache_layout(config, [supported], specs.values()).name)
-    page = next(iter(specs.values())).page_size_bytes
-    kv_config = get_kv_cache_configs(config, [specs], [128 * page * len(specs)])[0]
-    attn_groups, cg_support, kernel_block_sizes = init_attn_backend(kv_config, config, cpu)
-    caches = init_kv_cache(
-        config.compilation_config.static_forward_context, kv_config, cpu, kernel_block_sizes, config,
-        attn_groups=[group for groups in attn_groups for group in groups],
-    )
-    out: dict[str, Any] = {
-        "attention_backends": sorted({group.backend.get_name() for groups in attn_groups for group in groups}),
-        "min_cudagraph_support": cg_support.min_cg_support.name,
-        "kernel_block_sizes": kernel_block_sizes,
-        "num_blocks": kv_config.num_blocks,
-    }
-
+    config, model = runner.config, runner.model
     # Request state, in V2's persistent per-slot buffers (indexed by state slot).
     generator = torch.Generator().manual_seed(0)
     max_len = config.model_config.max_model_len
@@ -308,7 +398,7 @@ def run_step(config, model, recorder: KernelRecorder) -> dict[str, Any]:  # noqa
     )
     input_ids = torch.full((padded_tokens,), -1, dtype=torch.int32)
     # A decode's token is the one sampled last step (V2's combine_sampled_and_draft_tokens).
-    for (computed, scheduled, prompt), slot, start in zip(STEP, STATE_SLOTS, query_start_loc.tolist()):
+    for (computed, _, prompt), slot, start in zip(STEP, STATE_SLOTS, query_start_loc.tolist()):
         if computed >= prompt:
             input_ids[start] = all_token_ids[slot, computed]
     prepare_prefill_inputs(
@@ -320,19 +410,19 @@ def run_step(config, model, recorder: KernelRecorder) -> dict[str, Any]:  # noqa
     prepare_pos_seq_lens(idx_mapping, query_start_loc, num_computed, positions, seq_lens)
     expected_ids = torch.cat([all_token_ids[slot, computed : computed + scheduled]
                               for (computed, scheduled, _), slot in zip(STEP, STATE_SLOTS)])
-    out["inputs"] = {
+    out: dict[str, Any] = {"inputs": {
         "input_ids_match_the_requests": bool(torch.equal(input_ids[:num_tokens], expected_ids)),
         "positions": positions[:num_tokens].tolist(),
         "seq_lens": seq_lens.tolist(),
-    }
+    }}
 
     # Block tables and slot mapping as V2 gathers them (its UVA buffers need CUDA): each request's
     # blocks scattered over the cache, block 0 left unused.
-    block_size = kernel_block_sizes[0]
+    block_size = runner.block_size
     blocks_per_req = (max_len + block_size - 1) // block_size
-    order = torch.randperm(kv_config.num_blocks - 1, generator=generator)[: num_reqs * blocks_per_req] + 1
+    order = torch.randperm(runner.kv_config.num_blocks - 1, generator=generator)[: num_reqs * blocks_per_req] + 1
     block_table = order.view(num_reqs, blocks_per_req).to(torch.int32)
-    slots = torch.full((1, padded_tokens), -1, dtype=torch.int64)  # -1: padding writes nothing
+    slots = torch.full((1, num_tokens), -1, dtype=torch.int64)
     for row, start in enumerate(query_start_loc[:-1].tolist()):
         for token in range(start, query_start_loc[row + 1].item()):
             position = positions[token].item()
@@ -347,48 +437,53 @@ def run_step(config, model, recorder: KernelRecorder) -> dict[str, Any]:  # noqa
         is_prefilling_np=(num_computed[idx_mapping] < prefill_len[idx_mapping]).numpy(), req_ids=["a", "b", "c"],
         prompt_lens=prefill_len[idx_mapping], idx_mapping_np=idx_mapping.numpy(), fast_prefill=None,
     )
-    state = init_model_state(config, model, None, cpu)
-    metadata = state.prepare_attn(batch, CUDAGraphMode.NONE, (block_table,), slots[:, :num_tokens],
-                                  attn_groups, kv_config)
-
-    def forward(**inputs: Any) -> torch.Tensor:
-        recorder.calls.clear()
-        # V2's eager step (cudagraph mode NONE); skip_compiled keeps torch.compile out of this CPU
-        # replay, and the call is the one V2 makes in every mode.
-        with set_forward_context(
-            metadata, config, num_tokens=num_tokens, cudagraph_runtime_mode=CUDAGraphMode.NONE,
-            slot_mapping=build_slot_mappings_by_layer(slots[:, :num_tokens], kv_config), skip_compiled=True,
-        ), torch.inference_mode():
-            return model(**inputs, positions=positions[:num_tokens], intermediate_tensors=None)
-
-    hidden = forward(input_ids=input_ids[:num_tokens], inputs_embeds=None)
+    metadata = runner.metadata(batch, block_table, slots)
+    step = {"metadata": metadata, "slots": slots, "positions": positions[:num_tokens],
+            "mode": CUDAGraphMode.NONE, "recorder": recorder}
+    hidden = runner.forward(**step, input_ids=input_ids[:num_tokens], inputs_embeds=None)
     out["kernel_calls"] = list(recorder.calls)
     with torch.inference_mode():
         embeds = model.embed_input_ids(input_ids[:num_tokens])
-    from_embeds = forward(input_ids=None, inputs_embeds=embeds)
-    with torch.inference_mode():
+        from_embeds = runner.forward(**step, input_ids=None, inputs_embeds=embeds)
         logits = model.compute_logits(hidden)
-    layer = model.transformer.blocks[0].attn.attn
-    cache = layer.kv_cache if isinstance(layer.kv_cache, torch.Tensor) else layer.kv_cache[0]
-    assert cache.data_ptr() == caches[layer.layer_name].data_ptr()  # V2's allocation, bound to the layer
     out.update(
         hidden_shape=list(hidden.shape),
         inputs_embeds_path_equal=bool(torch.equal(hidden, from_embeds)),
         logits_shape=list(logits.shape),
-        kv_cache_shape=list(cache.shape),
-        kv_slots_written=kv_slots_written(cache, block_size),
-        kv_slots_expected=sorted(slots[0, :num_tokens].tolist()),
+        kv_slots_written=runner.kv_slots_written(),
+        kv_slots_expected=sorted(slots[0].tolist()),
     )
     return out
 
 
-def kv_slots_written(cache: torch.Tensor, block_size: int) -> list[int]:
-    """The cache slots holding anything: TRITON_ATTN lays the cache out as
-    [blocks, 2 (K, V), block, kv heads, head] (vLLM's NHD layout)."""
-    blocks = cache.shape[0]
-    nonzero = cache.float().abs().sum(dim=tuple(d for d in range(cache.dim()) if d not in (0, 2))) != 0
-    return [block * block_size + offset for block in range(blocks) for offset in range(block_size)
-            if nonzero[block, offset]]
+def run_capture_forward(runner: V2Pieces, recorder: KernelRecorder) -> dict[str, Any]:
+    """The forward V2 records into a FULL CUDA graph for a decode batch, without the graph: V2's
+    dummy batch and capture-time metadata (`prepare_inputs_to_capture`), the model in FULL mode.
+    The dummy block tables and slot mapping are what `BlockTables.get_dummy_*` return (zeroed
+    rows, every slot PAD): the capture writes no KV."""
+    from vllm.config.compilation import CUDAGraphMode
+    from vllm.v1.attention.backends.utils import PAD_SLOT_ID
+    from vllm.v1.worker.gpu.input_batch import InputBatch, InputBuffers
+
+    config = runner.config
+    buffers = InputBuffers(MAX_REQS, config.scheduler_config.max_num_batched_tokens, torch.device("cpu"))
+    batch = InputBatch.make_dummy(CAPTURE_REQS, CAPTURE_REQS, buffers, max_query_len=1)
+    blocks_per_req = (config.model_config.max_model_len + runner.block_size - 1) // runner.block_size
+    block_table = torch.zeros((CAPTURE_REQS, blocks_per_req), dtype=torch.int32)
+    slots = torch.full((1, CAPTURE_REQS), PAD_SLOT_ID, dtype=torch.int64)
+    before = runner.kv_slots_written()
+    out: dict[str, Any] = {}
+    try:
+        metadata = runner.metadata(batch, block_table, slots, for_capture=True)
+        hidden = runner.forward(metadata, slots, batch.positions, CUDAGraphMode.FULL, recorder,
+                                input_ids=batch.input_ids, inputs_embeds=None)
+        out["hidden_shape"] = list(hidden.shape)
+        out["error"] = None
+    except (NotImplementedError, AssertionError, RuntimeError) as error:  # the kernels' guards
+        out["error"] = f"{type(error).__name__}: {error}"
+    out["kernel_calls"] = list(recorder.calls)
+    out["kv_unchanged"] = runner.kv_slots_written() == before
+    return out
 
 
 if __name__ == "__main__":
