@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         "vLLM's CPU offloading copies prompt KV blocks there, so a returning conversation reloads "
         "its earlier prompt over PCIe instead of prefilling it again. GPUs only. Default: off.",
     )
+    model_runner: Literal["auto", "v1", "v2"] = Field(
+        "auto",
+        description="vLLM's model runner: auto (vLLM's choice: Model Runner V2 on GPUs, where Triton "
+        "imports; V1 on vLLM's CPU build), v1 or v2 (vLLM's VLLM_USE_V2_MODEL_RUNNER). v2 needs "
+        "a GPU build.",
+    )
     attention_backend: str = Field(
         "auto",
         description="vLLM attention backend: auto (the server's ALiBi-safe choice per GPU), "
