@@ -206,10 +206,10 @@ def check_real(model_dir: Path, tp: int, device: str) -> dict[str, Any]:
 def decode_bound(model_dir: Path, tp: int) -> float | None:
     import torch
 
-    from server.gpu.catalog import Gpu, bandwidth_for_driver_name
+    from server.mpt.catalog import Gpu, bandwidth_for_driver_name
     from server.gpu.plan import quantization_of
-    from server.gpu.sizing import Setup, make_plan
-    from server.models.mpt_config import MptSpec
+    from server.mpt.sizing import Setup, make_plan
+    from server.mpt.config import MptSpec
 
     config = json.loads((model_dir / "config.json").read_text())
     name = torch.cuda.get_device_name()

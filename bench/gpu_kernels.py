@@ -1,6 +1,6 @@
 """MPT-30B's attention kernel on an H100/H200, checked and measured without vLLM.
 
-On Hopper the server serves MPT through vLLM's TRITON_ATTN backend (server/gpu/attention.py), whose
+On Hopper the server serves MPT through vLLM's TRITON_ATTN backend (server/mpt/attention.py), whose
 Triton unified-attention kernel applies ALiBi. This script needs only PyTorch and Triton: vLLM's
 two kernel files are loaded by path (bench/triton_alibi.py), from `--kernel-dir`, else a
 `vllm_triton_ops/` folder beside this file, else an installed vLLM. On a GPU host without vLLM:

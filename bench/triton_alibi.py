@@ -1,6 +1,6 @@
 """vLLM's Triton unified-attention kernel (the TRITON_ATTN backend) against a plain PyTorch ALiBi.
 
-The server serves MPT on CUDA with TRITON_ATTN (server/gpu/attention.py says why), so the one
+The server serves MPT on CUDA with TRITON_ATTN (server/mpt/attention.py says why), so the one
 GPU computation MPT depends on that the CPU engine never runs is this kernel applying ALiBi. This
 harness runs vLLM's own kernel source and compares it with a direct computation of MPT's
 attention: softmax(q·k × scale + slope_h × (k_pos − q_pos)) over k_pos ≤ q_pos.
@@ -45,7 +45,7 @@ NUM_PAR_SOFTMAX_SEGMENTS = 16
 
 
 def alibi_slopes(n_heads: int, alibi_bias_max: float = 8.0) -> list[float]:
-    """MPT's slopes (server.models.mpt_config.alibi_slopes; repeated so this file runs alone)."""
+    """MPT's slopes (server.mpt.config.alibi_slopes; repeated so this file runs alone)."""
     import torch
 
     padded = 2 ** math.ceil(math.log2(n_heads))

@@ -161,7 +161,7 @@ class Settings(BaseSettings):
     @field_validator("attention_backend")
     @classmethod
     def _known_attention_backend(cls, value: str) -> str:
-        from server.gpu.attention import normalise_backend_setting
+        from server.mpt.attention import normalise_backend_setting
 
         return normalise_backend_setting(value)
 

@@ -250,7 +250,7 @@ def test_gpu_overlays_keep_a_host_ram_kv_tier_below_the_memory_limit(overlay: st
     """vLLM's CPU offloading maps its whole buffer as one file in /dev/shm
     (vllm/v1/kv_offload/cpu/shared_offload_region.py) and touches all of it at start: the RAM
     emptyDir must hold it beside the IPC share, and the memory limit both and the processes."""
-    from server.gpu.sizing import MPT_30B, kv_bytes_per_token
+    from server.mpt.sizing import MPT_30B, kv_bytes_per_token
 
     env = container_env(overlay)
     Settings(kv_offload_gib=env["AIROBOROS_KV_OFFLOAD_GIB"])  # a valid value of the setting

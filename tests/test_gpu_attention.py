@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from server.gpu.attention import (
+from server.mpt.attention import (
     AttentionChoice,
     AttentionRefused,
     ModelAttention,
@@ -105,7 +105,7 @@ def test_server_choice_applies_alibi_with_planner_and_layer_agreeing(replays, ca
 
 def test_canary_vllm_default_on_sm90_trips_flash_attention_2_guard(replays):
     """vLLM 0.32 alone on H100/H200 plans FA3 but runs the ALiBi layer on FA2. When this test
-    fails, a vLLM upgrade fixed it: revisit the sm90 choice in server/gpu/attention.py."""
+    fails, a vLLM upgrade fixed it: revisit the sm90 choice in server/mpt/attention.py."""
     result = replayed(replays, "sm90-head112-vllm-default-auto-unchecked")
     assert result["engine_arguments"] == {}
     assert result["backend"] == "FLASH_ATTN"

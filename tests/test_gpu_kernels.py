@@ -43,7 +43,7 @@ def test_vllm_triton_kernel_applies_both_tp2_ranks_alibi_at_head_size_112(tmp_pa
 
 def test_the_ranks_slopes_are_the_servers_slopes_split_in_two():
     from bench.gpu_kernels import rank_slopes
-    from server.models.mpt_config import alibi_slopes
+    from server.mpt.config import alibi_slopes
 
     model = alibi_slopes(64)
     assert rank_slopes(0) == model[:32] and rank_slopes(1) == model[32:]

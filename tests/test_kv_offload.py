@@ -15,9 +15,9 @@ import pytest
 
 from server.engine import args as engine_args_module
 from server.engine.args import KV_OFFLOAD_BACKEND, KvOffloadRefused, engine_args, kv_offload_problem
-from server.gpu.catalog import CATALOG, GIB, find_gpu
+from server.mpt.catalog import CATALOG, GIB, find_gpu
 from server.gpu.plan import main as plan_main
-from server.gpu.sizing import MPT_30B, Setup, make_plan
+from server.mpt.sizing import MPT_30B, Setup, make_plan
 from server.settings import Settings
 from tests.support.server import REPO_ROOT
 from tests.support.settings import serve_settings

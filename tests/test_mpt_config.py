@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.models.mpt_config import MptCheckpointConfig, MptSpec, alibi_slopes
+from server.mpt.config import MptCheckpointConfig, MptSpec, alibi_slopes
 from tests.support.server import REPO_ROOT
 from tests.support.tiny_mpt import TinyMpt, mosaicml_config
 

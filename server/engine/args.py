@@ -209,7 +209,7 @@ def engine_args(settings: Settings, model_dir: Path, served_name: str) -> Any:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     from server.engine.platform import current_target
-    from server.gpu.attention import attention_engine_arguments
+    from server.mpt.attention import attention_engine_arguments
 
     return AsyncEngineArgs(
         model=str(model_dir),
@@ -226,6 +226,6 @@ def engine_args(settings: Settings, model_dir: Path, served_name: str) -> Any:
         trust_remote_code=False,
         # The host-RAM KV tier (--kv-offload-gib; nothing when it is off).
         **offload,
-        # MPT's ALiBi needs a backend that applies it (server/gpu/attention.py).
+        # MPT's ALiBi needs a backend that applies it (server/mpt/attention.py).
         **attention_engine_arguments(settings.attention_backend, model_dir, settings.dtype, current_target()),
     )

@@ -132,7 +132,7 @@ def engine_config(case: dict[str, Any]):
     from vllm.engine.arg_utils import EngineArgs
 
     from server.engine.platform import current_target
-    from server.gpu.attention import attention_engine_arguments
+    from server.mpt.attention import attention_engine_arguments
 
     arguments = {}
     if case["arguments"] == "server":
@@ -191,7 +191,7 @@ def replay(case: dict[str, Any], recorder: Recorder) -> dict[str, Any]:
         init_one_rank()
         from server.models.mpt import MptForCausalLM
 
-        from server.gpu.attention import AttentionRefused
+        from server.mpt.attention import AttentionRefused
         from vllm.utils.torch_utils import set_default_torch_dtype
 
         import server.models.mpt

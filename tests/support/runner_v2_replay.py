@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-# GPU kinds and the backend the server gives each (server/gpu/attention.py).
+# GPU kinds and the backend the server gives each (server/mpt/attention.py).
 GPUS = {"sm90": (9, 0), "sm80": (8, 0)}  # H100/H200: TRITON_ATTN; A100: FLASH_ATTN (FA2)
 DECISION_GPU = "sm90"
 CAPTURE_REQS = 3  # a FULL-graph decode capture size
@@ -133,7 +133,7 @@ def runner_decision(model: str, model_runner: str, has_triton: bool) -> dict[str
 
     from server.engine.args import MODEL_RUNNER_SWITCH, model_runner_environment
     from server.engine.platform import current_target
-    from server.gpu.attention import attention_engine_arguments
+    from server.mpt.attention import attention_engine_arguments
     from server.settings import Settings
 
     os.environ.pop(MODEL_RUNNER_SWITCH, None)
@@ -200,7 +200,7 @@ def replay_model(model_dir: str, recorder: KernelRecorder) -> dict[str, Any]:
     from vllm.utils.torch_utils import set_default_torch_dtype
 
     from server.engine.platform import current_target
-    from server.gpu.attention import attention_engine_arguments
+    from server.mpt.attention import attention_engine_arguments
     from tests.support.cuda_replay import init_one_rank
 
     arguments = attention_engine_arguments("auto", model_dir, "auto", current_target())

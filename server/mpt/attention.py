@@ -209,7 +209,7 @@ def model_attention(model_dir: Path, dtype_setting: str) -> ModelAttention:
     config = json.loads((Path(model_dir) / "config.json").read_text())
     dtype = serving_dtype(dtype_setting, config)
     if config.get("model_type") == "mpt":
-        from server.models.mpt_config import MptSpec
+        from server.mpt.config import MptSpec
 
         return ModelAttention(MptSpec.from_config(config).head_dim, True, dtype)
     heads = config.get("num_attention_heads") or 1
