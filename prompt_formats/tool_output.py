@@ -46,6 +46,7 @@ Event = CallStarted | ArgumentsDelta | AnswerDelta
 class ParsedCall:
     name: str | None = None
     arguments: str = ""
+    complete: bool = False  # its arguments value closed (not cut by the token limit)
     # Arguments that arrived before the name (never with this server's schemas, whose `name`
     # comes first; kept so the reader never depends on that order).
     held: str = ""
@@ -126,13 +127,11 @@ class ToolOutputReader:
             if self._arguments_depth is not None and self._depth == self._arguments_depth:
                 # A scalar value ends before the `,` or `}` that follows it.
                 arguments.pop()
-                self._flush_arguments(arguments, events)
-                self._arguments_depth = None
+                self._end_arguments(arguments, events)
             if char != ",":
                 self._depth -= 1
                 if self._arguments_depth is not None and self._depth == self._arguments_depth:
-                    self._flush_arguments(arguments, events)
-                    self._arguments_depth = None
+                    self._end_arguments(arguments, events)
             self._key = None
             return
 
@@ -153,6 +152,11 @@ class ToolOutputReader:
             self._key = None
             return
         self._last_string = json.loads(f'"{raw}"') if self._key is None else None
+
+    def _end_arguments(self, arguments: list[str], events: list[Event]) -> None:
+        self._flush_arguments(arguments, events)
+        self._arguments_depth = None
+        self.calls[-1].complete = True
 
     def _flush_arguments(self, arguments: list[str], events: list[Event]) -> None:
         if not arguments or not self.calls:

@@ -26,8 +26,8 @@ without description or parameters leaves those lines out.
 
 **The answer** (`calls_schema`, `answer_or_calls_schema`): a JSON list of calls, each
 `{"name": ..., "arguments": ...}` whose arguments are valid against that tool's `parameters`, at
-most one call when parallel calls are off; or, where the model may answer in text (`auto`),
-`{"answer": "..."}`. The engine writes it compactly (`", "` and `": "`), the way `render_calls`
+most `MAX_PARALLEL_CALLS`, and one when parallel calls are off or `tool_choice` names the function;
+or, where the model may answer in text (`auto`), `{"answer": "..."}`. The engine writes it compactly (`", "` and `": "`), the way `render_calls`
 writes an earlier assistant turn's calls, so history reads like the model's own answers.
 
 **Results**: a `tool` message renders as `Function get_weather returned: {content}` in a user turn
@@ -61,6 +61,9 @@ TOOLS_INSTRUCTION = (
     "to answer without a function."
 )
 RESULT_PREFIX = "Function {name} returned: "
+# The most calls one answer may hold: a small model left free can repeat a call until the token
+# limit cuts the list, so the schema closes it here (parallel calls past this are rare in practice).
+MAX_PARALLEL_CALLS = 8
 # OpenAI's rule for function names.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -225,16 +228,42 @@ def call_schema(tool: Tool) -> dict[str, Any]:
 
 
 def calls_schema(tools: Sequence[Tool], *, parallel: bool) -> dict[str, Any]:
-    """A list of one or more calls of `tools` (exactly one when not `parallel`)."""
-    calls = [call_schema(tool) for tool in tools]
+    """A list of one or more calls of `tools` (exactly one when not `parallel`).
+
+    A tool's `$ref`s point into its own parameters (`#/$defs/Item`, as pydantic writes them);
+    nested here, they would point into this schema. So a tool with refs is also kept whole under
+    this schema's `$defs`, by name, and its refs are rewritten to point there.
+    """
+    rooted = [_rooted(tool) for tool in tools]
+    calls = [call_schema(tool) for tool in rooted]
     schema: dict[str, Any] = {
         "type": "array",
         "items": calls[0] if len(calls) == 1 else {"anyOf": calls},
         "minItems": 1,
     }
-    if not parallel:
-        schema["maxItems"] = 1
+    schema["maxItems"] = MAX_PARALLEL_CALLS if parallel else 1
+    definitions = {tool.name: tool.parameters for tool, original in zip(rooted, tools) if tool is not original}
+    if definitions:
+        schema["$defs"] = definitions
     return schema
+
+
+def _rooted(tool: Tool) -> Tool:
+    if '"$ref"' not in json.dumps(tool.parameters):
+        return tool
+    return Tool(tool.name, tool.description, _rewrite_refs(tool.parameters, f"#/$defs/{tool.name}"))
+
+
+def _rewrite_refs(node: Any, prefix: str) -> Any:
+    if isinstance(node, Mapping):
+        return {
+            key: (prefix + value[1:] if key == "$ref" and isinstance(value, str) and value.startswith("#")
+                  else _rewrite_refs(value, prefix))
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_rewrite_refs(item, prefix) for item in node]
+    return node
 
 
 def answer_or_calls_schema(tools: Sequence[Tool], *, parallel: bool) -> dict[str, Any]:
@@ -245,15 +274,20 @@ def answer_or_calls_schema(tools: Sequence[Tool], *, parallel: bool) -> dict[str
         "required": ["answer"],
         "additionalProperties": False,
     }
-    return {"anyOf": [calls_schema(tools, parallel=parallel), answer]}
+    calls = calls_schema(tools, parallel=parallel)
+    definitions = calls.pop("$defs", None)
+    schema: dict[str, Any] = {"anyOf": [calls, answer]}
+    if definitions:
+        schema["$defs"] = definitions
+    return schema
 
 
 def tools_schema(tools: Sequence[Tool], choice: ToolChoice, *, parallel: bool) -> dict[str, Any] | None:
     """What the answer must be under `choice`; None for free text (`none`)."""
     if choice.mode == "none":
         return None
-    if choice.mode == "named":
-        return calls_schema([tool for tool in tools if tool.name == choice.name], parallel=parallel)
+    if choice.mode == "named":  # one call of that function, as OpenAI forces it
+        return calls_schema([tool for tool in tools if tool.name == choice.name], parallel=False)
     if choice.mode == "required":
         return calls_schema(tools, parallel=parallel)
     return answer_or_calls_schema(tools, parallel=parallel)

@@ -279,6 +279,10 @@ def test_the_reader_gives_raw_arguments_and_decoded_answers():
         ("now", {}),
     ]
     assert reader.answer is None
+    assert [call.complete for call in reader.calls] == [True, True]
+    cut = ToolOutputReader()
+    cut.feed(OUTPUTS[0][:-20])
+    assert [call.complete for call in cut.calls] == [True, False]
     answer = ToolOutputReader()
     answer.feed(OUTPUTS[1])
     assert answer.answer == "Hello é 😀 \n done\\" and answer.calls == []
