@@ -65,7 +65,8 @@ def assert_valid_calls(calls, allowed=PARAMETERS):
 
 
 def test_required_gives_valid_calls_with_no_content(chat):
-    completion = chat(tool_choice="required", parallel_tool_calls=True, max_tokens=300)
+    # Room for the longest list the schema allows (8 calls of up to ~60 tokens).
+    completion = chat(tool_choice="required", parallel_tool_calls=True, max_tokens=600)
     (choice,) = completion.choices
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
@@ -135,10 +136,10 @@ def test_a_turn_carrying_a_tool_result_is_rendered_and_answered(chat, default_se
         json={"model": default_model_name, "messages": messages, "tools": TOOLS}, timeout=60,
     ).json()["prompt"]
     expected_call = json.dumps([{"name": call.function.name, "arguments": json.loads(call.function.arguments)}])
-    assert f"<|im_start|>assistant\n{expected_call}<|im_end|>\n" in rendered
-    assert rendered.endswith(
-        f'<|im_start|>user\nFunction {call.function.name} returned: {{"temperature": 21}}<|im_end|>\n<|im_start|>assistant\n'
-    )
+    expected_result = f'Function {call.function.name} returned: {{"temperature": 21}}'
+    assert "Available functions:" in rendered
+    assert expected_call in rendered and expected_result in rendered
+    assert rendered.index(QUESTION[0]["content"]) < rendered.index(expected_call) < rendered.index(expected_result)
 
 
 @pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}], ids=["required", "named"])
