@@ -286,3 +286,17 @@ def test_the_reader_gives_raw_arguments_and_decoded_answers():
     answer = ToolOutputReader()
     answer.feed(OUTPUTS[1])
     assert answer.answer == "Hello é 😀 \n done\\" and answer.calls == []
+
+
+def test_the_readme_shows_the_exact_rendering():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Tools", 1)[1].split("**The prompt.**", 1)[1]
+    shown = section.split("```\n", 2)[1].removesuffix("\n")
+    weather = {"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather of a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city."},
+                                                        "unit": {"enum": ["c", "f"]}}, "required": ["city"]},
+    }}
+    assert shown == get_format("airoboros").render(CHAT_WITH_RESULT, tools=parse_tools([weather]))

@@ -90,19 +90,16 @@ def test_parallel_tool_calls_false_gives_exactly_one_call(chat):
 
 
 def test_auto_answers_in_text_or_with_valid_calls(chat):
-    kinds = set()
+    # Which of the two the model picks is its own affair; either must be well formed.
     for seed in range(4):
         choice = chat(tool_choice="auto", seed=seed).choices[0]
         if choice.message.tool_calls:
-            kinds.add("calls")
             assert choice.finish_reason == "tool_calls" and choice.message.content is None
             assert_valid_calls(choice.message.tool_calls)
         else:
-            kinds.add("text")
             assert choice.finish_reason in ("stop", "length")
             assert isinstance(choice.message.content, str)
             assert not choice.message.content.lstrip().startswith('{"answer"')
-    assert kinds  # which of the two the model picks is its own affair
 
 
 def test_none_answers_in_text_and_shows_no_tools(chat, default_server, default_model_name):
