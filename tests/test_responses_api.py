@@ -183,12 +183,12 @@ def test_the_wire_starts_with_a_keep_alive_and_has_no_done(default_server, defau
     [
         ({"store": True}, "store"),
         ({"previous_response_id": "resp_123"}, "previous_response_id"),
-        ({"tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]}, "tools"),
+        ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools"),
         ({"background": True}, "background"),
     ],
-    ids=["store", "previous_response_id", "tools", "background"],
+    ids=["store", "previous_response_id", "built-in-tools", "background"],
 )
-def test_what_needs_server_state_or_tools_is_a_bad_request(client, default_model_name, fields, param):
+def test_what_needs_server_state_or_built_in_tools_is_a_bad_request(client, default_model_name, fields, param):
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model=default_model_name, input=QUESTION, **fields)
     assert caught.value.body["param"] == param

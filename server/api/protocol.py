@@ -126,8 +126,13 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Union[str, dict[str, Any], None] = None
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="Function tools; the answer is held to their parameters' JSON schemas."
+    )
+    tool_choice: Union[str, dict[str, Any], None] = Field(
+        None, description="none, auto (default with tools), required, or {type: function, function: {name}}."
+    )
+    parallel_tool_calls: bool = True
     # Prompt extensions (prompt-format.md).
     documents: list[Document] | None = None
     plainformat: bool = False

@@ -5,8 +5,9 @@ Beside `protocol.py` because the Responses API shapes its request differently fr
 into a chat request, so everything after that is the chat route's own path.
 
 Fields that need state kept between requests (`store: true`, `previous_response_id`,
-`conversation`, `background`) and `tools` are accepted by the schema and refused by the service
-with a 400 naming the field, so a client learns exactly what this server does not do.
+`conversation`, `background`) and built-in tools are accepted by the schema and refused by the
+service with a 400 naming the field or tool type, so a client learns exactly what this server
+does not do.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from server.api.protocol import ContentPart, Document, JsonSchemaFormat, Respons
 
 
 class ResponseInputItem(BaseModel):
-    """One `input` item. Only `message` items (the default type) exist here; others (tool calls
-    and their outputs, item references, reasoning) are refused by the service."""
+    """One `input` item: a `message` (the default type), a `function_call` (`call_id`, `name`,
+    `arguments`) or a `function_call_output` (`call_id`, `output`); others (item references,
+    reasoning) are refused by the service."""
 
     model_config = ConfigDict(extra="allow")
     type: str = "message"
@@ -87,12 +89,14 @@ class ResponsesRequest(BaseModel):
     truncation: Literal["auto", "disabled"] | None = Field(
         None, description="`auto` drops the oldest turns to fit the context (`history: fit`)."
     )
-    # Refused (400): they need server-side state, or tools this model does not have.
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="Function tools (`{type: function, name, parameters}`); built-in tools are refused."
+    )
+    # Refused (400): they need server-side state.
     store: bool | None = Field(None, description="Only false: this server keeps no responses.")
     previous_response_id: str | None = None
     conversation: Union[str, dict[str, Any], None] = None
     background: bool | None = None
-    tools: list[dict[str, Any]] | None = None
     # Sampling extensions, as on chat (vLLM's names).
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     top_k: int | None = Field(None, ge=-1)

@@ -45,6 +45,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             request_id=outcome.request_id, model=engine.info.served_name, n=body.n, outcome=outcome,
             token_text=engine.token_text, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
             include_usage=_include_usage(body), continuous_usage=_continuous_usage(body),
+            tool_choice=prepared.tool_choice,
         ),
         stream=body.stream,
         prompt=prepared.prompts[0].text,
@@ -91,7 +92,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     return await serve_generation(
         request, state, engine, "/v1/responses", prepared,
         lambda outcome: ResponsesEncoder(
-            request_id=outcome.request_id, model=engine.info.served_name, outcome=outcome, echo=echo
+            request_id=outcome.request_id, model=engine.info.served_name, outcome=outcome, echo=echo,
+            tool_choice=prepared.tool_choice,
         ),
         stream=body.stream,
         prompt=prepared.prompts[0].text,

@@ -54,6 +54,10 @@ class Outcome:
         self.metrics.finish_reasons.labels(self.route, finish_reason or "none").inc()
         self.metrics.stop_reasons.labels(stop_kind).inc()
 
+    def record_tool_calls(self, tool_choice: str, count: int) -> None:
+        if count:
+            self.metrics.tool_calls.labels(tool_choice).inc(count)
+
     def record_prefill(self, output: Any) -> None:
         """The prefix-cache counts of one engine request, from its first `RequestOutput`."""
         self.cached_tokens += output.num_cached_tokens or 0
