@@ -135,6 +135,7 @@ class ResponsesService:
                 plainformat=request.plainformat,
                 history=history,
                 user=request.user,
+                prompt_cache_key=request.prompt_cache_key,
             )
         except ValidationError as error:
             first = error.errors()[0]

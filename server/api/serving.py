@@ -93,7 +93,11 @@ async def serve_generation(
              "completion_tokens": outcome.completion_tokens, "finish_reasons": outcome.finish_reasons, "aborted": aborted, **outcome.timings()}
         )
         if settings.log_prompts:
-            access_log.update({"prompt": prompt, "output": generation.texts()})
+            access_log.update({
+                "prompt": prompt, "output": generation.texts(),
+                # What the engine itself tokenized, to check against the render routes.
+                "prompt_token_ids": outcome.engine_prompt_token_ids,
+            })
 
     def stream_ending() -> str | None:
         # Neither completed nor failed: the client went away first.
