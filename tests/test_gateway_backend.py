@@ -41,7 +41,21 @@ def kv_events_endpoint() -> str:
 
 
 @pytest.fixture(scope="module")
-def server(kv_events_endpoint):
+def subscriber(kv_events_endpoint) -> Iterator[zmq.Socket]:
+    """A ZMQ subscriber of the server's KV events. It binds, as the endpoint picker does: vLLM's
+    publisher connects to an endpoint without a wildcard (vllm/distributed/kv_events.py)."""
+    context = zmq.Context()
+    socket = context.socket(zmq.SUB)
+    socket.setsockopt(zmq.SUBSCRIBE, b"kv-test")
+    socket.bind(kv_events_endpoint)
+    try:
+        yield socket
+    finally:
+        context.destroy(linger=0)
+
+
+@pytest.fixture(scope="module")
+def server(subscriber, kv_events_endpoint):
     server = launch_server(
         api_key=API_KEY,
         env={
@@ -57,20 +71,6 @@ def server(kv_events_endpoint):
         yield server
     finally:
         stop_server(server)
-
-
-@pytest.fixture(scope="module")
-def subscriber(server, kv_events_endpoint) -> Iterator[zmq.Socket]:
-    """A ZMQ subscriber of the server's KV events, connected as soon as the server is up."""
-    context = zmq.Context()
-    socket = context.socket(zmq.SUB)
-    socket.setsockopt(zmq.SUBSCRIBE, b"kv-test")
-    socket.connect(kv_events_endpoint)
-    try:
-        yield socket
-    finally:
-        socket.close(linger=0)
-        context.term()
 
 
 def post(server, path: str, body: dict, request_id: str | None = None, **headers: str) -> httpx.Response:
@@ -198,3 +198,144 @@ def test_render_routes_need_the_api_key(server, path):
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
 
 
+# --- KV events -----------------------------------------------------------------------------------
+
+
+def _decoder():
+    from vllm.distributed.kv_events import KVEventBatch
+
+    return msgspec.msgpack.Decoder(type=KVEventBatch)
+
+
+def _stored_blocks(subscriber: zmq.Socket, decoder, until: float) -> Iterator[object]:
+    """BlockStored events as they arrive, until the deadline."""
+    from vllm.distributed.kv_events import BlockStored
+
+    while time.monotonic() < until:
+        if not subscriber.poll(timeout=200):
+            continue
+        _topic, _sequence, payload = subscriber.recv_multipart()
+        for event in decoder.decode(payload).events:
+            if isinstance(event, BlockStored):
+                yield event
+
+
+def _documented_block_hashes(token_ids: list[int], block_size: int) -> list[int]:
+    """README's algorithm for `--prefix-caching-hash-algo sha256_cbor`, from scratch."""
+    def sha256_cbor(value: object) -> bytes:
+        return hashlib.sha256(cbor2.dumps(value, canonical=True)).digest()
+
+    parent = sha256_cbor(os.environ.get("PYTHONHASHSEED", "vllm-none-hash"))
+    hashes = []
+    for start in range(0, len(token_ids) - block_size + 1, block_size):
+        parent = sha256_cbor((parent, tuple(token_ids[start:start + block_size]), None))
+        hashes.append(int.from_bytes(parent, "big") & ((1 << 64) - 1))
+    return hashes
+
+
+def _chat_body(model: str, words: int) -> dict:
+    # A fresh first line: no block of this prompt is in the engine's prefix cache yet.
+    text = f"Note {uuid.uuid4().hex}. " + " ".join(f"word{i}" for i in range(words))
+    return {"model": model, "max_tokens": 2, "temperature": 0, "messages": [{"role": "user", "content": text}]}
+
+
+def test_kv_events_carry_the_rendered_blocks_with_the_documented_hashes(server, subscriber):
+    decoder = _decoder()
+    # A subscriber gets only what is published after its subscription reaches the publisher:
+    # send requests until one's blocks arrive (then every later one's will).
+    for _ in range(5):
+        assert post(server, "/v1/chat/completions", _chat_body(server.model, 60)).status_code == 200
+        if next(_stored_blocks(subscriber, decoder, time.monotonic() + 10), None) is not None:
+            break
+    else:
+        pytest.fail("no BlockStored event reached the subscriber after 5 requests")
+
+    body = _chat_body(server.model, 120)
+    token_ids = post(server, "/v1/chat/completions/render", body).json()["token_ids"]
+    assert post(server, "/v1/chat/completions", body).status_code == 200
+    stored: dict[int, list[int]] = {}
+    block_size = None
+    expected: list[int] = []
+    for event in _stored_blocks(subscriber, decoder, time.monotonic() + WAIT_S):
+        block_size = event.block_size
+        expected = _documented_block_hashes(token_ids, block_size)
+        for position, block_hash in enumerate(event.block_hashes):
+            stored[block_hash] = event.token_ids[position * block_size:(position + 1) * block_size]
+        if set(expected) <= set(stored):
+            break
+    assert block_size is not None and len(token_ids) >= block_size, (len(token_ids), block_size)
+    assert expected and set(expected) <= set(stored), f"hashes {expected} not all among {sorted(stored)}"
+    for position, block_hash in enumerate(expected):
+        assert stored[block_hash] == token_ids[position * block_size:(position + 1) * block_size]
+
+
+# --- load signals ----------------------------------------------------------------------------------
+
+
+def _metric(server, name: str) -> float:
+    page = httpx.get(server.base_url + "/metrics", headers=server.headers(), timeout=WAIT_S).text
+    values = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", page, re.MULTILINE)]
+    assert values, f"{name} is not on /metrics"
+    return sum(values)
+
+
+def _orca(header: str) -> dict[str, float]:
+    kind, _, data = header.partition(" ")
+    if kind == "JSON":
+        return json.loads(data)["named_metrics"]
+    assert kind == "TEXT", header
+    pairs = [item.strip().split("=") for item in data.split(",")]
+    return {key.removeprefix("named_metrics."): float(value) for key, value in pairs}
+
+
+@pytest.mark.parametrize("metrics_format", ["TEXT", "JSON", "text"])
+def test_the_orca_header_comes_in_the_format_asked(server, metrics_format):
+    body = {"model": server.model, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    response = post(server, "/v1/chat/completions", body, **{"endpoint-load-metrics-format": metrics_format})
+    assert response.status_code == 200
+    header = response.headers["endpoint-load-metrics"]
+    assert header.startswith(metrics_format.upper() + " ")
+    report = _orca(header)
+    assert set(report) == {"kv_cache_usage_perc", "num_requests_waiting"}
+    assert 0 <= report["kv_cache_usage_perc"] <= 1 and report["num_requests_waiting"] >= 0
+    completion = post(server, "/v1/completions", {"model": server.model, "prompt": "hi", "max_tokens": 2},
+                      **{"endpoint-load-metrics-format": metrics_format})
+    assert set(_orca(completion.headers["endpoint-load-metrics"])) == set(report)
+
+
+@pytest.mark.parametrize("metrics_format", [None, "XML", ""])
+def test_no_orca_header_unless_asked_in_a_known_format(server, metrics_format):
+    asked = {} if metrics_format is None else {"endpoint-load-metrics-format": metrics_format}
+    response = post(server, "/v1/completions", {"model": server.model, "prompt": "hi", "max_tokens": 2}, **asked)
+    assert response.status_code == 200 and "endpoint-load-metrics" not in response.headers
+
+
+def test_waiting_counts_the_requests_the_full_gate_holds(server):
+    body = {"model": server.model, "prompt": "Count slowly:", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    clients = [httpx.Client(timeout=WAIT_S) for _ in range(MAX_INFLIGHT)]
+    streams = []
+    try:
+        for position, client in enumerate(clients):
+            # Response headers mean admitted: the gate lets a request in before its answer starts.
+            asked = {"endpoint-load-metrics-format": "TEXT"} if position == MAX_INFLIGHT - 1 else {}
+            request = client.build_request(
+                "POST", server.base_url + "/v1/completions", json=body, headers={**server.headers(), **asked}
+            )
+            streams.append(client.send(request, stream=True))
+            assert streams[-1].status_code == 200
+        refused = post(server, "/v1/completions", {**body, "stream": False})
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "server_busy"
+        assert _metric(server, "airoboros_requests_in_flight") == MAX_INFLIGHT
+        # One sequence runs at a time (--max-num-seqs 1): the other admitted ones wait.
+        assert _orca(streams[-1].headers["endpoint-load-metrics"])["num_requests_waiting"] >= MAX_INFLIGHT - 1
+        deadline = time.monotonic() + WAIT_S
+        while (waiting := _metric(server, "vllm:num_requests_waiting")) != MAX_INFLIGHT - 1 or _metric(
+            server, "vllm:num_requests_running"
+        ) != 1:
+            assert time.monotonic() < deadline, f"waiting {waiting}, not {MAX_INFLIGHT - 1}, after {WAIT_S} s"
+            time.sleep(0.1)
+    finally:
+        for stream in streams:
+            stream.close()
+        for client in clients:
+            client.close()
