@@ -60,7 +60,8 @@ class Outcome:
         """The prefix-cache counts of one engine request, from its first `RequestOutput`."""
         self.cached_tokens += output.num_cached_tokens or 0
         self.cache_write_tokens += getattr(output, "num_cache_creation_tokens", None) or 0
-        self.engine_prompt_token_ids.append(list(getattr(output, "prompt_token_ids", None) or []))
+        # A reference, not a copy: read only when `--log-prompts` logs it.
+        self.engine_prompt_token_ids.append(getattr(output, "prompt_token_ids", None) or [])
 
     def record_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.prompt_tokens = prompt_tokens
