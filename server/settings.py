@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         description="How the engine hashes prefix blocks (vLLM's --prefix-caching-hash-algo); "
         "sha256_cbor is the one a router in any language can recompute (README, the inference gateway).",
     )
+    model_runner: Literal["auto", "v1", "v2"] = Field(
+        "auto",
+        description="vLLM's model runner: auto (vLLM's choice: Model Runner V2 on GPUs, where Triton "
+        "imports; V1 on vLLM's CPU build), v1 or v2 (vLLM's VLLM_USE_V2_MODEL_RUNNER). v2 needs "
+        "a GPU build.",
+    )
     attention_backend: str = Field(
         "auto",
         description="vLLM attention backend: auto (the server's ALiBi-safe choice per GPU), "

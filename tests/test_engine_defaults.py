@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import build_parser, load_settings
 from server.engine.args import engine_environment_defaults, resolved_enforce_eager
-from server.settings import Settings
-
-
-def serve_settings(*flags: str) -> Settings:
-    namespace = vars(build_parser().parse_args(["serve", *flags]))
-    namespace.pop("command")
-    return load_settings(namespace)
+from tests.support.settings import serve_settings
 
 
 def test_the_cpu_build_serves_eager_unless_told_to_compile(monkeypatch):

@@ -34,6 +34,7 @@ def engine_environment(settings: Settings) -> dict[str, str]:
     if settings.cpu_kv_cache_gib is not None:
         # Read only by vLLM's CPU platform; harmless on a GPU host.
         environment["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu_kv_cache_gib)
+    environment.update(model_runner_environment(settings))
     return environment
 
 
@@ -188,9 +189,48 @@ def kv_events_engine_arguments(settings: Settings) -> dict[str, Any]:
     return arguments
 
 
+# --- the model runner -----------------------------------------------------------------------
+# vLLM 0.32 has two GPU model runners and one switch, the environment variable
+# VLLM_USE_V2_MODEL_RUNNER (vllm/envs.py: "1" or "0"; unset, "use config defaults"). Its only
+# reader is `VllmConfig.use_v2_model_runner` (vllm/config/vllm.py:703), evaluated when the engine
+# config is built in this process and again in every engine process, which inherit the variable:
+# set, it decides; unset, V2 whenever Triton imports (`HAS_TRITON`) and the configuration uses no
+# feature V2 lacks (`_get_v2_model_runner_unsupported_features`: some speculative methods,
+# pipeline parallelism under torchrun, dual batch overlap), else V1 with a warning. What V2 needs
+# of the MPT plugin, and the replay that shows it has it: server/models/README.md.
+MODEL_RUNNER_SWITCH = "VLLM_USE_V2_MODEL_RUNNER"
+_MODEL_RUNNER_SWITCH_VALUES = {"v1": "0", "v2": "1"}
+
+
+class ModelRunnerRefused(ValueError):
+    """`--model-runner v2` on a vLLM build that has no V2 runner; the message says what to do."""
+
+
+def model_runner_environment(settings: Settings) -> dict[str, str]:
+    """vLLM's switch for `--model-runner`: nothing for `auto`, which leaves the choice to vLLM
+    (and to an operator who sets VLLM_USE_V2_MODEL_RUNNER in the server's environment)."""
+    value = _MODEL_RUNNER_SWITCH_VALUES.get(settings.model_runner)
+    return {} if value is None else {MODEL_RUNNER_SWITCH: value}
+
+
+def model_runner_problem(settings: Settings) -> str | None:
+    """Why this host's vLLM cannot run `--model-runner v2`, in one line; None when it can. On the
+    CPU build Triton has no backend (`HAS_TRITON` is false), so vLLM refuses the forced V2 runner
+    ("Model Runner V2 requires Triton", `VllmConfig._validate_v2_model_runner`) only once the
+    engine's config is built, behind a traceback: the CPU build is known here, at once."""
+    if settings.model_runner != "v2" or not _vllm_cpu_build():
+        return None
+    return (
+        "--model-runner v2: vLLM's CPU build has no Model Runner V2 (it needs Triton, which has no "
+        "CPU backend there); leave --model-runner (AIROBOROS_MODEL_RUNNER) at auto or choose v1"
+    )
+
+
 def engine_args(settings: Settings, model_dir: Path, served_name: str) -> Any:
     """vLLM's `AsyncEngineArgs` for `model_dir` under `settings`."""
     offload = kv_offload_engine_arguments(settings)  # refused on vLLM's CPU build, before vLLM loads
+    if (problem := model_runner_problem(settings)) is not None:  # for whoever builds them directly
+        raise ModelRunnerRefused(problem)
     # Deferred: `--help` and settings errors answer without importing vLLM.
     from vllm.engine.arg_utils import AsyncEngineArgs
 

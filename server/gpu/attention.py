@@ -28,7 +28,7 @@ longer exist. What vLLM 0.32's code says, per backend (paths under `vllm/`):
   FlashAttention version to disagree with, and supports full CUDA graphs for every batch.
   Measured against a PyTorch ALiBi reference on an H200 (sm90), bf16, head sizes 112 and 128,
   paged KV, for prefill, chunked prefill and both decode kernels: largest error 1.5e-2 (bf16
-  rounding: 1.8e-3 in fp16), against 2.5-5 when ALiBi is left out (tests/support/triton_alibi.py).
+  rounding: 1.8e-3 in fp16), against 2.5-5 when ALiBi is left out (bench/triton_alibi.py).
 - CPU_ATTN (vLLM's CPU build) applies ALiBi; it is the only backend there.
 
 So, with `--attention-backend auto`:

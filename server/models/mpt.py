@@ -13,6 +13,8 @@ ffn.up_proj, ffn.act.scales (AutoAWQ), ffn.down_proj}`, `transformer.norm_f`.
 Quantized checkpoints load through vLLM's quantized layers (the model carries `quant_config`);
 AutoAWQ's activation scales are `server.models.awq`'s, and an AWQ checkpoint without them is
 refused at load; backends that would drop ALiBi are refused at load (`server.gpu.attention`).
+What vLLM's Model Runner V2 (the GPU default) asks of this class, and that it has it:
+server/models/README.md.
 """
 
 from __future__ import annotations

@@ -20,25 +20,23 @@ V), with shuffled block tables; the batches are the three kinds the backend send
 - decode, few sequences: the 3D kernel (softmax split into segments, then reduced);
 - decode, many sequences: the 2D kernel.
 
-    python -m tests.support.triton_alibi --device cpu          # interpret mode
-    python -m tests.support.triton_alibi --device cuda --json-out report.json
+Its command line is bench/gpu_kernels.py (numerics at 8k for both TP-2 ranks' slopes, CUDA graphs,
+a speed sweep), which also runs on CPU under the interpreter at small sizes (the tests).
 """
 
 from __future__ import annotations
 
-import argparse
 import enum
 import importlib.util
 import itertools
-import json
 import logging
 import math
-import os
 import sys
 import time
 import types
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 KERNEL_FILES = ("triton_attention_helpers", "triton_unified_attention")
 BLOCK_SIZE = 16  # vLLM's default KV block size on CUDA
@@ -152,169 +150,165 @@ class Result:
     seconds: float  # the first launch (with compilation)
     warm_ms: float | None  # CUDA: the median of later launches
     passed: bool
+    slopes: str = ""  # whose ALiBi slopes (for example "rank 1 of 2")
 
 
-def default_batches(small: bool) -> list[Batch]:
-    if small:  # interpret mode: every program instance runs in Python
-        return [
-            Batch("prefill", (40, 9), (40, 30)),
-            Batch("decode_3d", (1, 1), (70, 33)),
-            Batch("decode_2d", (1,) * 18, tuple(range(3, 39, 2))),
-        ]
-    return [
-        Batch("prefill", (1500, 700, 64, 300), (1500, 2100, 64, 4000)),
-        Batch("decode_3d", (1, 1), (8192, 1037)),
-        Batch("decode_2d", (1,) * 96, tuple(range(100, 8164, 84))),
-    ]
+def triton_3d_threshold(kv_heads: int, capture_sizes: list[int] | None = None) -> int:
+    """The most decode sequences TRITON_ATTN sends to its 3D kernel: vLLM 0.32's metadata builder
+    takes 128 // kv heads, moved to the nearest CUDA-graph capture size when graphs are on."""
+    threshold = MIN_LAUNCH_GRID_SIZE_2D // kv_heads
+    return min(capture_sizes, key=lambda size: abs(size - threshold)) if capture_sizes else threshold
 
 
-def reference(q, k, v, slopes, scale, query_len: int, use_alibi: bool = True):
-    """MPT's attention for one sequence, in float32: q [Lq, H, D]; k, v [Lk, H, D]."""
-    import torch
+@dataclass
+class PagedBatch:
+    """One kernel launch's tensors, laid out as vLLM's TRITON_ATTN backend lays them out."""
 
-    seq_len = k.shape[0]
-    q_pos = torch.arange(seq_len - query_len, seq_len, device=q.device)[:, None]
-    k_pos = torch.arange(seq_len, device=q.device)[None, :]
-    scores = torch.einsum("qhd,khd->hqk", q.float(), k.float()) * scale
-    if use_alibi:
-        scores = scores + slopes.float()[:, None, None] * (k_pos - q_pos)
-    scores = scores.masked_fill(k_pos > q_pos, float("-inf"))
-    return torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), v.float())
+    batch: Batch
+    query: Any
+    key_cache: Any
+    value_cache: Any
+    output: Any
+    cu_seqlens: Any
+    seq_lens: Any
+    block_table: Any
+    table: Any  # the block table on the CPU, for the reference
+    slopes: Any
+    scale: float
+    segments: dict
+    descale: Any
+
+    @property
+    def uses_3d(self) -> bool:
+        return max(self.batch.query_lens) == 1 and len(self.batch.seq_lens) <= self.segments["seq_threshold_3D"]
 
 
-def run_batch(unified_attention, batch: Batch, *, num_heads: int, head_size: int, slopes,
-              dtype, device: str, seed: int = 0) -> Result:
+def paged_batch(batch: Batch, *, num_heads: int, head_size: int, slopes, dtype, device: str, seed: int = 0,
+                threshold_3d: int | None = None, blocks_per_row: int | None = None) -> PagedBatch:
+    """Random queries and a random paged KV cache with shuffled block tables for `batch`.
+
+    `blocks_per_row` reserves room for longer sequences than the batch's own (CUDA-graph replays
+    grow them in place); `threshold_3d` is the builder's 3D threshold (default: eager's).
+    """
     import torch
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    scale = head_size**-0.5
-    blocks_per_seq = [math.ceil(s / BLOCK_SIZE) for s in batch.seq_lens]
-    num_blocks = sum(blocks_per_seq) + 3  # a few never used
+    # Drawn where they live: a sweep's 64 × 8k-token cache is gigabytes.
+    on_device = torch.Generator(device=device).manual_seed(seed)
+    rows = [blocks_per_row or math.ceil(s / BLOCK_SIZE) for s in batch.seq_lens]
+    num_blocks = sum(rows) + 3  # a few never used
     # vLLM's TRITON_ATTN layout: [blocks, kv heads, block, 2 * head], viewed block-major.
-    kv_cache = torch.randn(num_blocks, num_heads, BLOCK_SIZE, 2 * head_size, generator=generator)
-    kv_cache = kv_cache.to(dtype=dtype, device=device)
+    kv_cache = torch.randn(num_blocks, num_heads, BLOCK_SIZE, 2 * head_size, generator=on_device, device=device,
+                           dtype=dtype)
     key_cache, value_cache = kv_cache.transpose(1, 2).split(head_size, dim=-1)
     order = torch.randperm(num_blocks, generator=generator).tolist()
-    table = torch.zeros(len(batch.seq_lens), max(blocks_per_seq), dtype=torch.int32)
-    for row, count in enumerate(blocks_per_seq):
+    table = torch.zeros(len(batch.seq_lens), max(rows), dtype=torch.int32)
+    for row, count in enumerate(rows):
         table[row, :count] = torch.tensor(order[:count], dtype=torch.int32)
         order = order[count:]
-    total_q = sum(batch.query_lens)
-    query = torch.randn(total_q, num_heads, head_size, generator=generator).to(dtype=dtype, device=device)
-    output = torch.empty_like(query)
-    cu_seqlens = torch.tensor([0, *itertools.accumulate(batch.query_lens)], dtype=torch.int32, device=device)
-    seq_lens = torch.tensor(batch.seq_lens, dtype=torch.int32, device=device)
-    slopes_t = torch.tensor(slopes, dtype=torch.float32, device=device)
-    # What TritonAttentionMetadataBuilder hands the kernel (no CUDA graphs: threshold 128 // H).
-    threshold_3d = MIN_LAUNCH_GRID_SIZE_2D // num_heads
+    query = torch.randn(sum(batch.query_lens), num_heads, head_size, generator=on_device, device=device, dtype=dtype)
+    threshold = triton_3d_threshold(num_heads) if threshold_3d is None else threshold_3d
     padded = 2 ** math.ceil(math.log2(head_size))
-    segm_rows = max(threshold_3d, 1)
+    segm_rows = max(threshold, 1)
     segments = dict(
-        seq_threshold_3D=threshold_3d,
+        seq_threshold_3D=threshold,
         num_par_softmax_segments=NUM_PAR_SOFTMAX_SEGMENTS,
         softmax_segm_output=torch.empty(segm_rows, num_heads, NUM_PAR_SOFTMAX_SEGMENTS, padded, device=device),
         softmax_segm_max=torch.empty(segm_rows, num_heads, NUM_PAR_SOFTMAX_SEGMENTS, device=device),
         softmax_segm_expsum=torch.empty(segm_rows, num_heads, NUM_PAR_SOFTMAX_SEGMENTS, device=device),
     )
-    uses_3d = max(batch.query_lens) == 1 and len(batch.seq_lens) <= threshold_3d
-    descale = torch.ones(len(batch.seq_lens), num_heads, device=device)
-    def launch() -> None:
-        unified_attention(
-            q=query, k=key_cache, v=value_cache, out=output, cu_seqlens_q=cu_seqlens,
-            max_seqlen_q=max(batch.query_lens), seqused_k=seq_lens, max_seqlen_k=max(batch.seq_lens),
-            softmax_scale=scale, causal=True, window_size=(-1, -1), block_table=block_table,
-            softcap=0, q_descale=None, k_descale=descale, v_descale=descale,
-            alibi_slopes=slopes_t, **segments,
-        )
-
-    block_table = table.to(device)
-    started = time.monotonic()
-    launch()  # on CUDA this includes Triton's compilation
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.monotonic() - started
-    warm_ms = warm_milliseconds(launch) if device == "cuda" else None
-    error = error_plain = 0.0
-    start = 0
-    for row, (query_len, seq_len) in enumerate(zip(batch.query_lens, batch.seq_lens)):
-        blocks = table[row, : blocks_per_seq[row]].tolist()
-        keys = key_cache[blocks].reshape(-1, num_heads, head_size)[:seq_len]
-        values = value_cache[blocks].reshape(-1, num_heads, head_size)[:seq_len]
-        q_rows = query[start : start + query_len]
-        got = output[start : start + query_len].float()
-        want = reference(q_rows, keys, values, slopes_t, scale, query_len)
-        plain = reference(q_rows, keys, values, slopes_t, scale, query_len, use_alibi=False)
-        error = max(error, (got - want).abs().max().item())
-        error_plain = max(error_plain, (got - plain).abs().max().item())
-        start += query_len
-    tolerance = 2e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-4
-    return Result(
-        batch=batch.name, head_size=head_size, num_heads=num_heads, dtype=str(dtype).removeprefix("torch."),
-        kernel="3d" if uses_3d else "2d", max_abs_error=error, tolerance=tolerance,
-        error_without_alibi=error_plain, seconds=seconds, warm_ms=warm_ms,
-        passed=error <= tolerance and error_plain > 10 * tolerance,
+    return PagedBatch(
+        batch=batch, query=query, key_cache=key_cache, value_cache=value_cache, output=torch.empty_like(query),
+        cu_seqlens=torch.tensor([0, *itertools.accumulate(batch.query_lens)], dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(batch.seq_lens, dtype=torch.int32, device=device), block_table=table.to(device),
+        table=table, slopes=torch.tensor(slopes, dtype=torch.float32, device=device), scale=head_size**-0.5,
+        segments=segments, descale=torch.ones(len(batch.seq_lens), num_heads, device=device),
     )
 
 
-def warm_milliseconds(launch, repeats: int = 20) -> float:
+def launch(unified_attention, paged: PagedBatch, output=None) -> None:
+    """One launch as TRITON_ATTN's forward makes it (into `output`, default the batch's own)."""
+    unified_attention(
+        q=paged.query, k=paged.key_cache, v=paged.value_cache,
+        out=paged.output if output is None else output, cu_seqlens_q=paged.cu_seqlens,
+        max_seqlen_q=max(paged.batch.query_lens), seqused_k=paged.seq_lens, max_seqlen_k=max(paged.batch.seq_lens),
+        softmax_scale=paged.scale, causal=True, window_size=(-1, -1), block_table=paged.block_table,
+        softcap=0, q_descale=None, k_descale=paged.descale, v_descale=paged.descale,
+        alibi_slopes=paged.slopes, **paged.segments,
+    )
+
+
+def reference(q, k, v, slopes, scale, query_len: int, use_alibi: bool = True, heads_at_once: int = 4):
+    """MPT's attention for one sequence, in float32: q [Lq, H, D]; k, v [Lk, H, D].
+
+    A few heads at a time, so an 8k-token prefill's scores fit in memory."""
+    import torch
+
+    seq_len = k.shape[0]
+    q_pos = torch.arange(seq_len - query_len, seq_len, device=q.device)[:, None]
+    k_pos = torch.arange(seq_len, device=q.device)[None, :]
+    parts = []
+    for first in range(0, q.shape[1], heads_at_once):
+        heads = slice(first, first + heads_at_once)
+        scores = torch.einsum("qhd,khd->hqk", q[:, heads].float(), k[:, heads].float()) * scale
+        if use_alibi:
+            scores = scores + slopes[heads].float()[:, None, None] * (k_pos - q_pos)
+        scores = scores.masked_fill(k_pos > q_pos, float("-inf"))
+        parts.append(torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), v[:, heads].float()))
+    return torch.cat(parts, dim=1)
+
+
+def errors_against_reference(paged: PagedBatch) -> tuple[float, float]:
+    """Largest |kernel − reference| with ALiBi, and without it (which must be large)."""
+    error = error_plain = 0.0
+    start = 0
+    _, _, num_heads, head_size = paged.key_cache.shape
+    for row, (query_len, seq_len) in enumerate(zip(paged.batch.query_lens, paged.batch.seq_lens)):
+        blocks = paged.table[row, : math.ceil(seq_len / BLOCK_SIZE)].tolist()
+        keys = paged.key_cache[blocks].reshape(-1, num_heads, head_size)[:seq_len]
+        values = paged.value_cache[blocks].reshape(-1, num_heads, head_size)[:seq_len]
+        q_rows = paged.query[start : start + query_len]
+        got = paged.output[start : start + query_len].float()
+        want = reference(q_rows, keys, values, paged.slopes, paged.scale, query_len)
+        plain = reference(q_rows, keys, values, paged.slopes, paged.scale, query_len, use_alibi=False)
+        error = max(error, (got - want).abs().max().item())
+        error_plain = max(error_plain, (got - plain).abs().max().item())
+        start += query_len
+    return error, error_plain
+
+
+def run_batch(unified_attention, batch: Batch, *, num_heads: int, head_size: int, slopes,
+              dtype, device: str, seed: int = 0, slopes_name: str = "") -> Result:
+    import torch
+
+    paged = paged_batch(batch, num_heads=num_heads, head_size=head_size, slopes=slopes, dtype=dtype,
+                        device=device, seed=seed)
+    started = time.monotonic()
+    launch(unified_attention, paged)  # on CUDA this includes Triton's compilation
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.monotonic() - started
+    warm_ms = warm_milliseconds(lambda: launch(unified_attention, paged)) if device == "cuda" else None
+    error, error_plain = errors_against_reference(paged)
+    tolerance = 2e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-4
+    return Result(
+        batch=batch.name, head_size=head_size, num_heads=num_heads, dtype=str(dtype).removeprefix("torch."),
+        kernel="3d" if paged.uses_3d else "2d", max_abs_error=error, tolerance=tolerance,
+        error_without_alibi=error_plain, seconds=seconds, warm_ms=warm_ms,
+        passed=error <= tolerance and error_plain > 10 * tolerance, slopes=slopes_name,
+    )
+
+
+def warm_milliseconds(launch_once, repeats: int = 20) -> float:
+    """The median of `repeats` timed CUDA launches."""
     import torch
 
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        launch()
+        launch_once()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
     return sorted(times)[len(times) // 2]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--kernel-dir", type=Path, help="folder with vLLM's two kernel files")
-    parser.add_argument("--head-sizes", default="112,128")
-    parser.add_argument("--dtypes", default=None, help="default: float32 on cpu, bfloat16 on cuda")
-    parser.add_argument("--heads", type=int, default=None, help="query heads (default 8 cpu, 32 cuda)")
-    parser.add_argument("--model-heads", type=int, default=64, help="slopes of an MPT with this many heads")
-    parser.add_argument("--json-out", type=Path)
-    args = parser.parse_args(argv)
-    if args.device == "cpu":
-        os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported
-    import torch
-
-    unified_attention = load_unified_attention(args.kernel_dir or installed_kernel_dir())
-    dtypes = [getattr(torch, d) for d in (args.dtypes or ("float32" if args.device == "cpu" else "bfloat16")).split(",")]
-    num_heads = args.heads or (8 if args.device == "cpu" else 32)
-    # The heads one tensor-parallel rank holds: rank 0 of an MPT with `model_heads` heads.
-    slopes = alibi_slopes(args.model_heads)[:num_heads]
-    results = []
-    for dtype in dtypes:
-        for head_size in (int(h) for h in args.head_sizes.split(",")):
-            for batch in default_batches(small=args.device == "cpu"):
-                result = run_batch(unified_attention, batch, num_heads=num_heads, head_size=head_size,
-                                   slopes=slopes, dtype=dtype, device=args.device)
-                results.append(result)
-                print(
-                    f"{result.batch:10s} head {head_size} {result.dtype:9s} {result.kernel}: "
-                    f"max |error| {result.max_abs_error:.2e} (tolerance {result.tolerance:.0e}; "
-                    f"without ALiBi {result.error_without_alibi:.2f}) first {result.seconds:.3f} s"
-                    f"{f', warm {result.warm_ms:.3f} ms' if result.warm_ms is not None else ''} "
-                    f"{'ok' if result.passed else 'FAILED'}",
-                    flush=True,
-                )
-    report = {
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu (TRITON_INTERPRET=1)",
-        "capability": list(torch.cuda.get_device_capability()) if args.device == "cuda" else None,
-        "torch": torch.__version__,
-        "triton": __import__("triton").__version__,
-        "results": [asdict(r) for r in results],
-    }
-    if args.json_out:
-        args.json_out.write_text(json.dumps(report, indent=2))
-    return 0 if all(r.passed for r in results) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
