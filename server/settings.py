@@ -56,6 +56,18 @@ class Settings(BaseSettings):
         "vLLM's CPU offloading copies prompt KV blocks there, so a returning conversation reloads "
         "its earlier prompt over PCIe instead of prefilling it again. GPUs only. Default: off.",
     )
+    kv_events_endpoint: str | None = Field(
+        None,
+        description="Publish the engine's KV-cache events (blocks stored, removed) over ZMQ for a "
+        "prefix-aware router (the inference gateway's endpoint picker): tcp://*:5557 binds here, "
+        "tcp://picker:5557 connects to a router that binds. Default: off.",
+    )
+    kv_events_topic: str | None = Field(None, description="ZMQ topic of the KV-cache events. Default: none.")
+    prefix_caching_hash_algo: Literal["sha256_cbor", "sha256", "xxhash_cbor", "xxhash"] = Field(
+        "sha256_cbor",
+        description="How the engine hashes prefix blocks (vLLM's --prefix-caching-hash-algo); "
+        "sha256_cbor is the one a router in any language can recompute (README, the inference gateway).",
+    )
     model_runner: Literal["auto", "v1", "v2"] = Field(
         "auto",
         description="vLLM's model runner: auto (vLLM's choice: Model Runner V2 on GPUs, where Triton "

@@ -86,6 +86,9 @@ class SamplingFields(_Request):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    # OpenAI's cache-routing hint: unused by the engine, repeated by the render routes for a
+    # router that groups requests by it (api/render.py).
+    prompt_cache_key: str | None = Field(None, max_length=1024)
     # Extensions (vLLM's names).
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)

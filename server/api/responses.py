@@ -169,6 +169,7 @@ class ResponsesService:
                 tools=[chat_tool(tool) for tool in request.tools] if request.tools else None,
                 tool_choice=request.tool_choice,
                 parallel_tool_calls=True if request.parallel_tool_calls is None else request.parallel_tool_calls,
+                prompt_cache_key=request.prompt_cache_key,
             )
         except ValidationError as error:
             first = error.errors()[0]

@@ -84,6 +84,8 @@ class ResponsesRequest(BaseModel):
     # Accepted and repeated in the response.
     metadata: dict[str, str] | None = None
     user: str | None = None
+    # OpenAI's cache-routing hint, as on chat: repeated by the render route.
+    prompt_cache_key: str | None = Field(None, max_length=1024)
     tool_choice: Union[str, dict[str, Any], None] = None
     parallel_tool_calls: bool | None = None
     truncation: Literal["auto", "disabled"] | None = Field(

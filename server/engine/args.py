@@ -163,6 +163,32 @@ def kv_offload_engine_arguments(settings: Settings) -> dict[str, Any]:
     return {"kv_offloading_size": settings.kv_offload_gib, "kv_offloading_backend": KV_OFFLOAD_BACKEND}
 
 
+# --- prefix blocks a router can follow --------------------------------------------------------
+# vLLM 0.32 publishes a `BlockStored` event per batch of full prompt blocks it caches, and a
+# `BlockRemoved` when it evicts them (vllm/distributed/kv_events.py), on a ZMQ PUB socket
+# (`KVEventsConfig`, vllm/config/kv_events.py). Each block's hash is
+# `H((parent hash, tuple(block token ids), None))`, H the `prefix_caching_hash_algo`, the first
+# block's parent `H(PYTHONHASHSEED or "vllm-none-hash")` (vllm/v1/core/kv_cache_utils.py:131-172,
+# 695-725); the event carries its low 64 bits as an integer (`VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES`,
+# default on). With sha256_cbor every replica, and a router in any language, computes the same
+# hashes from the same token ids (the xxhash ones draw a random seed per process unless
+# PYTHONHASHSEED is set).
+
+
+def kv_events_engine_arguments(settings: Settings) -> dict[str, Any]:
+    """The `AsyncEngineArgs` fields of the KV-cache events and the block hash: the hash always
+    (named, so a vLLM default change cannot change it), the events when an endpoint is set."""
+    arguments: dict[str, Any] = {"prefix_caching_hash_algo": settings.prefix_caching_hash_algo}
+    if settings.kv_events_endpoint is not None:
+        from vllm.config.kv_events import KVEventsConfig
+
+        arguments["kv_events_config"] = KVEventsConfig(
+            enable_kv_cache_events=True, publisher="zmq",
+            endpoint=settings.kv_events_endpoint, topic=settings.kv_events_topic or "",
+        )
+    return arguments
+
+
 # --- the model runner -----------------------------------------------------------------------
 # vLLM 0.32 has two GPU model runners and one switch, the environment variable
 # VLLM_USE_V2_MODEL_RUNNER (vllm/envs.py: "1" or "0"; unset, "use config defaults"). Its only
@@ -226,6 +252,8 @@ def engine_args(settings: Settings, model_dir: Path, served_name: str) -> Any:
         trust_remote_code=False,
         # The host-RAM KV tier (--kv-offload-gib; nothing when it is off).
         **offload,
+        # Prefix-block hashes and the KV-cache events a router follows.
+        **kv_events_engine_arguments(settings),
         # MPT's ALiBi needs a backend that applies it (server/mpt/attention.py).
         **attention_engine_arguments(settings.attention_backend, model_dir, settings.dtype, current_target()),
     )

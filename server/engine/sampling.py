@@ -136,3 +136,17 @@ def warmup_params() -> Any:
     from vllm.sampling_params import RequestOutputKind, SamplingParams
 
     return SamplingParams(max_tokens=2, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
+
+
+@functools.cache
+def _sampling_params_adapter() -> Any:
+    from pydantic import TypeAdapter
+    from vllm.sampling_params import SamplingParams
+
+    return TypeAdapter(SamplingParams)
+
+
+def sampling_params_json(params: Any) -> dict[str, Any]:
+    """`params` as vLLM's own pydantic models write them (its `GenerateRequest.sampling_params`):
+    the fields that differ from vLLM's defaults, JSON types only."""
+    return _sampling_params_adapter().dump_python(params, mode="json")
