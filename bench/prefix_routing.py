@@ -242,6 +242,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--reply-tokens", type=int, default=24)
     parser.add_argument("--omp-threads", type=int, default=1, help="OpenMP threads per replica")
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="the replicas' --block-size (default: vLLM's, 128 on its CPU build)")
     args = parser.parse_args()
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -254,6 +256,7 @@ def main() -> None:
                 "AIROBOROS_KV_EVENTS_ENDPOINT": endpoint, "AIROBOROS_KV_EVENTS_TOPIC": TOPICS[index].decode(),
                 "AIROBOROS_CPU_KV_CACHE_GIB": "1", "AIROBOROS_MAX_MODEL_LEN": "4096",
                 "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(args.omp_threads),
+                **({"AIROBOROS_BLOCK_SIZE": str(args.block_size)} if args.block_size else {}),
             })))
         from tests.support.server import wait_until_ready
 

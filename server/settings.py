@@ -50,6 +50,11 @@ class Settings(BaseSettings):
         None, ge=1, description="KV cache GiB on CPU hosts (VLLM_CPU_KVCACHE_SPACE; whole GiB; default 4)."
     )
     max_num_seqs: int | None = Field(None, ge=1, description="Sequences the engine batches at once.")
+    block_size: int | None = Field(
+        None, ge=1,
+        description="KV-cache block size in tokens, the prefix cache's unit (a router's blockSize must "
+        "equal it). Default: vLLM's, 16 on GPUs and 128 on its CPU build (which takes multiples of 32).",
+    )
     kv_offload_gib: float | None = Field(
         None, gt=0,
         description="Host-RAM tier for the KV cache, GiB for the whole replica (all GPUs together): "

@@ -150,3 +150,28 @@ def test_the_replicas_send_their_kv_events_to_the_picker_with_the_named_hash(doc
     assert explicit["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert list(explicit).index("POD_IP") < list(explicit).index("AIROBOROS_KV_EVENTS_TOPIC")
     assert env.get("AIROBOROS_SERVED_MODEL_NAME"), "the topic needs the served model name in the ConfigMap"
+
+
+def test_the_picker_tokenizes_through_the_pools_render_routes(docs):
+    """Airoboros prompts have no chat template: the picker's token ids must come from the server's
+    own render routes, through its Service, for the served model, with the API key at hand."""
+    config = picker_config(docs)
+    (producer,) = [plugin for plugin in config["plugins"] if plugin["type"] == "token-producer"]
+    host, port = producer["parameters"]["vllm"]["url"].removeprefix("http://").rsplit(":", 1)
+    service = named(docs, "Service", host)
+    assert service["spec"]["selector"] == server_deployment(docs)["spec"]["selector"]["matchLabels"]
+    target = next(p for p in service["spec"]["ports"] if p["port"] == int(port))["targetPort"]
+    assert container_port(server_container(server_deployment(docs)), target)
+    configmaps = {doc["metadata"]["name"]: doc["data"] for doc in docs if doc["kind"] == "ConfigMap"}
+    (served,) = {data.get("AIROBOROS_SERVED_MODEL_NAME") for data in configmaps.values()} - {None}
+    if served == "smollm2-135m-instruct":
+        # The cpu overlay's stand-in: the config says what to set for it, block size included.
+        (text,) = [data for name, data in configmaps.items() if name.startswith(PICKER)][0].values()
+        assert f"modelName: {served}" in text and "blockSize: 128" in text
+    else:
+        assert producer["parameters"]["modelName"] == served
+    picker = named(docs, "Deployment", PICKER)["spec"]["template"]["spec"]["containers"][0]
+    key = next(item for item in picker["env"] if item["name"] == "VLLM_API_KEY")["valueFrom"]["secretKeyRef"]
+    assert key["optional"] is True
+    assert key["name"] in {volume.get("secret", {}).get("secretName")
+                           for volume in server_deployment(docs)["spec"]["template"]["spec"]["volumes"]}

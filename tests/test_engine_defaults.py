@@ -54,3 +54,17 @@ def test_the_block_hash_is_named_and_kv_events_are_off_unless_an_endpoint_is_set
     )
     with pytest.raises(SystemExit):  # vLLM's four algorithms only, refused at the command line
         serve_settings("--prefix-caching-hash-algo", "md5")
+
+
+def test_the_block_size_is_vllms_unless_set(tmp_path, monkeypatch):
+    import json
+
+    from server.engine.args import engine_args
+    from tests.support.tiny_mpt import TinyMpt, mosaicml_config
+
+    monkeypatch.delenv("AIROBOROS_BLOCK_SIZE", raising=False)
+    (tmp_path / "config.json").write_text(json.dumps(mosaicml_config(TinyMpt())))
+    assert engine_args(serve_settings("--model", str(tmp_path)), tmp_path, "mpt").block_size is None
+    assert engine_args(serve_settings("--model", str(tmp_path), "--block-size", "32"), tmp_path, "mpt").block_size == 32
+    with pytest.raises(SystemExit):
+        serve_settings("--block-size", "0")

@@ -247,6 +247,8 @@ def engine_args(settings: Settings, model_dir: Path, served_name: str) -> Any:
         enforce_eager=resolved_enforce_eager(settings),
         gpu_memory_utilization=settings.gpu_memory_utilization,
         max_num_seqs=settings.max_num_seqs,
+        # None leaves vLLM's platform default (16 on GPUs, 128 on its CPU build).
+        block_size=settings.block_size,
         # vLLM's own Prometheus series (vllm:*) come from its stat loggers.
         disable_log_stats=False,
         trust_remote_code=False,
