@@ -22,7 +22,7 @@
 3. `report.json` and `report.md` go to `--out` (written whole, then moved into place).
 
 It lives in bench/, not in the shipped `server/` package, because it runs from a checkout: it
-serves through tests/support and measures with bench/load.py. Run it from the repository root
+serves through harness/ and measures with bench/load.py. Run it from the repository root
 (`python -m` puts the root on sys.path). It needs the GPT-NeoX tokenizer for the tiny models
 (`--tokenizer`, else ../shared/data, else the real checkpoint's, else the embedded default
 model's), and exits 0 only when every check passed.
@@ -120,8 +120,8 @@ def check_tiny(name: str, shape: dict[str, Any], device: str, tokenizer_file: Pa
     from transformers import PreTrainedTokenizerFast
 
     from bench.triton_alibi import triton_3d_threshold
-    from tests.support.server import running_server
-    from tests.support.tiny_mpt import TinyMpt, build_reference, save_checkpoint
+    from harness.server import running_server
+    from harness.tiny_mpt import TinyMpt, build_reference, save_checkpoint
 
     shape = dict(shape)
     tp = shape.pop("tp", 1)
@@ -175,7 +175,7 @@ def check_real(model_dir: Path, tp: int, device: str) -> dict[str, Any]:
     import httpx
 
     from bench.load import run_level, summarize
-    from tests.support.server import running_server
+    from harness.server import running_server
 
     served = "airoboros-check"
     result: dict[str, Any] = {"model": str(model_dir), "tensor_parallel_size": tp}

@@ -37,8 +37,8 @@ import httpx
 import msgspec
 import zmq
 
-from tests.support.kv_blocks import block_hashes
-from tests.support.server import RunningServer, free_port, launch_server, stop_server
+from harness.kv_blocks import block_hashes
+from harness.server import RunningServer, free_port, launch_server, stop_server
 
 REPLICAS = 2
 TOPICS = [f"kv@replica{index}".encode() for index in range(REPLICAS)]
@@ -258,7 +258,7 @@ def main() -> None:
                 "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(args.omp_threads),
                 **({"AIROBOROS_BLOCK_SIZE": str(args.block_size)} if args.block_size else {}),
             })))
-        from tests.support.server import wait_until_ready
+        from harness.server import wait_until_ready
 
         for replica in replicas:
             wait_until_ready(replica.server)

@@ -8,7 +8,7 @@ Speed: the same chat, answered `--rounds` times at each concurrency, once as fre
 long as the free text (so both write about as many tokens); prints the decode rate (completion
 tokens per second of wall time) of each and the ratio.
 
-Validity (`--schemas N`): N random tool schemas (tests/support/json_schemas.py: enums, required
+Validity (`--schemas N`): N random tool schemas (harness/json_schemas.py: enums, required
 keys, nesting, arrays, numeric bounds, `additionalProperties: false`), one `required` call each,
 concurrently; prints how many calls validate against their schema (jsonschema), and how many the
 token limit cut (`finish_reason: length`).
@@ -58,7 +58,7 @@ async def validity(client: openai.AsyncOpenAI, model: str, count: int, tokens: i
     import jsonschema
     from hypothesis import HealthCheck, given, settings
 
-    from tests.support.json_schemas import parameters
+    from harness.json_schemas import parameters
 
     schemas: list[dict] = []
 

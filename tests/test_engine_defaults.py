@@ -60,7 +60,7 @@ def test_the_block_size_is_vllms_unless_set(tmp_path, monkeypatch):
     import json
 
     from server.engine.args import engine_args
-    from tests.support.tiny_mpt import TinyMpt, mosaicml_config
+    from harness.tiny_mpt import TinyMpt, mosaicml_config
 
     monkeypatch.delenv("AIROBOROS_BLOCK_SIZE", raising=False)
     (tmp_path / "config.json").write_text(json.dumps(mosaicml_config(TinyMpt())))

@@ -24,8 +24,8 @@ import msgspec
 import pytest
 import zmq
 
-from tests.support.kv_blocks import block_hashes
-from tests.support.server import free_port, launch_server, stop_server
+from harness.kv_blocks import block_hashes
+from harness.server import free_port, launch_server, stop_server
 
 API_KEY = "gateway-test-key"
 MAX_MODEL_LEN = 512

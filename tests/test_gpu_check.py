@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.support.server import REPO_ROOT
+from harness.server import REPO_ROOT
 
 
 @pytest.mark.engine

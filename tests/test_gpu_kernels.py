@@ -15,7 +15,7 @@ import json
 import subprocess
 import sys
 
-from tests.support.server import REPO_ROOT
+from harness.server import REPO_ROOT
 
 
 def test_vllm_triton_kernel_applies_both_tp2_ranks_alibi_at_head_size_112(tmp_path):

@@ -1,4 +1,4 @@
-"""README's block-hash algorithm (tests/support/kv_blocks.py, what a router computes) is vLLM's own
+"""README's block-hash algorithm (harness/kv_blocks.py, what a router computes) is vLLM's own
 for `--prefix-caching-hash-algo sha256_cbor`: checked here against vLLM's functions, and on a real
 engine's KV events in tests/test_gateway_backend.py."""
 
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from tests.support.kv_blocks import block_hashes
+from harness.kv_blocks import block_hashes
 
 
 @pytest.mark.parametrize("block_size", [16, 128])

@@ -19,9 +19,9 @@ from server.mpt.catalog import CATALOG, GIB, find_gpu
 from server.gpu.plan import main as plan_main
 from server.mpt.sizing import MPT_30B, Setup, make_plan
 from server.settings import Settings
-from tests.support.server import REPO_ROOT
+from harness.server import REPO_ROOT
 from tests.support.settings import serve_settings
-from tests.support.tiny_mpt import TinyMpt, mosaicml_config
+from harness.tiny_mpt import TinyMpt, mosaicml_config
 
 MPT_30B_KV_BYTES_PER_TOKEN = 1_376_256  # 2 × 48 layers × 64 heads × 112 × 2 B
 MPT_30B_PARAMETERS = 29_957_200_896

@@ -27,8 +27,8 @@ from server.engine.args import (
     model_runner_problem,
 )
 from server.settings import Settings
-from tests.support.server import REPO_ROOT
-from tests.support.tiny_mpt import TinyMpt, mosaicml_config
+from harness.server import REPO_ROOT
+from harness.tiny_mpt import TinyMpt, mosaicml_config
 from tests.support.settings import serve_settings
 
 MPT_SLOPES_2_HEADS = [2**-4, 2**-8]  # MPT's ALiBi, alibi_bias_max 8

@@ -1,6 +1,6 @@
 """Our vLLM MPT, served over HTTP, computes what transformers' MptForCausalLM computes.
 
-Each case is a tiny random MPT checkpoint (fp32) written by tests/support/tiny_mpt.py; the real
+Each case is a tiny random MPT checkpoint (fp32) written by harness/tiny_mpt.py; the real
 server serves it (`python -m server serve`, one server per case, the next case's starting while
 the current case's tests run)
 and `/v1/completions` must return transformers' greedy tokens, token for token for 32 tokens
@@ -25,8 +25,8 @@ import httpx
 import pytest
 
 from tests.support.golden_cases import GOLDEN_CASES
-from tests.support.server import RunningServer, launch_server, stop_server, wait_until_ready
-from tests.support.tiny_mpt import TinyMpt, build_reference, make_tiny_mpt, reference_greedy
+from harness.server import RunningServer, launch_server, stop_server, wait_until_ready
+from harness.tiny_mpt import TinyMpt, build_reference, make_tiny_mpt, reference_greedy
 
 MAX_TOKENS = 32
 LOGPROB_ATOL = 1e-3

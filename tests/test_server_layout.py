@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.support.server import REPO_ROOT
+from harness.server import REPO_ROOT
 
 SERVER = REPO_ROOT / "server"
 VLLM_PACKAGES = ("server/engine/", "server/models/")

@@ -1,6 +1,6 @@
 """Property: whatever the tool's JSON Schema, a `required` call on the real engine has arguments
 that validate against it, streamed and not, and the stream joins to the same arguments as the
-non-streamed call with the same seed (tests/support/json_schemas.py draws the schemas)."""
+non-streamed call with the same seed (harness/json_schemas.py draws the schemas)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.json_schemas import parameters
+from harness.json_schemas import parameters
 
 pytestmark = pytest.mark.engine
 

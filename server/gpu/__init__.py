@@ -5,5 +5,5 @@ GPU catalog, the attention choice, the sizing) and prints it for a user's GPUs; 
 the same check at start on GPU hosts (`check_at_start`).
 
 The acceptance script users run on a CUDA host (`make gpu-check`) is `bench/gpu_check.py`: it
-serves through the checkout's tests/support, which the installed package does not ship.
+serves through the checkout's harness/, which the installed package does not ship.
 """

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import pytest
 import yaml
 
-from tests.support.server import REPO_ROOT
+from harness.server import REPO_ROOT
 
 DEPLOY_DIR = REPO_ROOT / "deploy"
 DEPLOY_VENV = Path(os.environ.get("AIROBOROS_DEPLOY_VENV", REPO_ROOT / ".venv-deploy"))
