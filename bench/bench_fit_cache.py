@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench.bench_render import message_text, sentence  # noqa: E402
 from bench.load import STOP_STRINGS, RequestRecord, stream_one  # noqa: E402
-from tests.support.server import running_server  # noqa: E402
+from harness.server import running_server  # noqa: E402
 
 MAX_TOKENS = 4
 

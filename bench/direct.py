@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import STOP_STRINGS
-from tests.support.streams import StreamRecord, closed_loop
+from harness.streams import StreamRecord, closed_loop
 
 
 def build_engine(args: argparse.Namespace) -> Any:

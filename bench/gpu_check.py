@@ -8,8 +8,13 @@
    backend auto, CUDA graphs on), and compared with transformers' MPT on the same device: the
    reference's greedy continuation of a few prompts, fed back teacher-forced (echo + logprobs),
    must get the same log-probs (1e-3 in float32 on CPU; 0.15 on GPUs, where the checkpoints are
-   bfloat16 and the reference float32), and the server's own greedy tokens are counted against
-   the reference's.
+   bfloat16 and the reference float32), and the server's own greedy tokens, each prompt its own
+   concurrent request, are counted against the reference's.
+   On GPUs one more case has the shape of an MPT-30B tensor-parallel-2 rank: head size 112 and 32
+   heads. TRITON_ATTN's decode then takes the 2D kernel for batches above 4 sequences (its 3D
+   threshold is 128 // kv heads, moved to the nearest CUDA-graph capture size), so its 8
+   concurrent greedy streams decode through the 2D kernel replayed from full CUDA graphs: the
+   path that serves real traffic on a TP2 rank, which the 2-head cases never take.
 2. With `--model DIR` (the real checkpoint), it is served too: the model card's closed-context
    question (blueberries) and a PLAINFORMAT coding prompt are asked and their answers checked,
    and output tokens/s are measured at 1, 16 and 64 concurrent streams next to `plan`'s batch-1
@@ -17,7 +22,7 @@
 3. `report.json` and `report.md` go to `--out` (written whole, then moved into place).
 
 It lives in bench/, not in the shipped `server/` package, because it runs from a checkout: it
-serves through tests/support and measures with bench/load.py. Run it from the repository root
+serves through harness/ and measures with bench/load.py. Run it from the repository root
 (`python -m` puts the root on sys.path). It needs the GPT-NeoX tokenizer for the tiny models
 (`--tokenizer`, else ../shared/data, else the real checkpoint's, else the embedded default
 model's), and exits 0 only when every check passed.
@@ -35,8 +40,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.gpu_kernels import CAPTURE_SIZES
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a land far away,"]
+# Eight streams for the 2D-kernel case: more than its 3D threshold of 4 sequences.
+MORE_PROMPTS = PROMPTS + ["The three primary colors are", "import numpy as np\n", "Dear Sir or Madam,",
+                          "In 1969, the first", "The recipe calls for two cups of"]
 CONTINUATION = 16
 TOLERANCE = {"cpu": 1e-3, "cuda": 0.15}
 BLUEBERRY = {
@@ -51,13 +61,32 @@ PLAINFORMAT = {"messages": [{"role": "user", "content": "Write a Python function
 LEVELS = (1, 16, 64)
 
 
+
 def tiny_cases(device: str, gpus: int) -> dict[str, dict[str, Any]]:
-    cases = {"head112": {"d_model": 224, "n_heads": 2}}
+    cases: dict[str, dict[str, Any]] = {"head112": {"d_model": 224, "n_heads": 2}}
     if device == "cuda":
         cases["head128"] = {"d_model": 256, "n_heads": 2}
+        # An MPT-30B TP2 rank's attention (32 heads of 112) with 8 greedy streams: the 2D kernel.
+        cases["head112-32heads-2d"] = {"d_model": 112 * 32, "n_heads": 32, "prompts": MORE_PROMPTS}
         if gpus >= 2:
             cases["head112-tp2"] = {"d_model": 448, "n_heads": 4, "tp": 2}
     return cases
+
+
+def served_greedy(base_url: str, model: str, prompts: list[str]) -> list[dict[str, Any]]:
+    """Each prompt its own request, all at once: the engine decodes them as one batch."""
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(prompt: str) -> dict[str, Any]:
+        body = {"model": model, "prompt": prompt, "max_tokens": CONTINUATION, "temperature": 0,
+                "ignore_eos": True, "logprobs": 1, "return_tokens_as_token_ids": True}
+        response = httpx.post(base_url + "/v1/completions", json=body, timeout=600)
+        response.raise_for_status()
+        return response.json()["choices"][0]
+
+    with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+        return list(pool.map(one, prompts))
 
 
 def find_tokenizer(given: Path | None, model: Path | None) -> Path:
@@ -90,10 +119,13 @@ def check_tiny(name: str, shape: dict[str, Any], device: str, tokenizer_file: Pa
     import torch
     from transformers import PreTrainedTokenizerFast
 
-    from tests.support.server import running_server
-    from tests.support.tiny_mpt import TinyMpt, build_reference, save_checkpoint
+    from bench.triton_alibi import triton_3d_threshold
+    from harness.server import running_server
+    from harness.tiny_mpt import TinyMpt, build_reference, save_checkpoint
 
+    shape = dict(shape)
     tp = shape.pop("tp", 1)
+    prompts = shape.pop("prompts", PROMPTS)
     spec = TinyMpt(**shape, dialect="mosaicml")
     model = build_reference(spec)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
@@ -101,7 +133,7 @@ def check_tiny(name: str, shape: dict[str, Any], device: str, tokenizer_file: Pa
     reference = model.to(torch.float32).to(device)  # the checkpoint's values, computed in float32
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
     sequences, greedy = [], []
-    for prompt in PROMPTS:
+    for prompt in prompts:
         ids = tokenizer.encode(prompt, add_special_tokens=False)
         with torch.no_grad():
             out = reference.generate(torch.tensor([ids], device=device), do_sample=False, max_new_tokens=CONTINUATION,
@@ -118,24 +150,24 @@ def check_tiny(name: str, shape: dict[str, Any], device: str, tokenizer_file: Pa
         body = {"model": directory.name, "max_tokens": 1, "echo": True, "logprobs": 0, "temperature": 0,
                 "return_tokens_as_token_ids": True, "prompt": [text for _, text, _ in sequences]}
         echoed = httpx.post(server.base_url + "/v1/completions", json=body, timeout=600).json()
-        body = {"model": directory.name, "prompt": PROMPTS, "max_tokens": CONTINUATION, "temperature": 0,
-                "ignore_eos": True, "logprobs": 1, "return_tokens_as_token_ids": True}
-        served = httpx.post(server.base_url + "/v1/completions", json=body, timeout=600).json()
-        backend_line = next((line.strip() for line in server.log_text().splitlines()
-                             if "Using" in line and "ATTN" in line), None)
+        served = served_greedy(server.base_url, directory.name, prompts)
+        log_lines = server.log_text().splitlines()
+        backend_line = next((line.strip() for line in log_lines if "Using" in line and "ATTN" in line), None)
+        graphs_line = next((line.strip() for line in log_lines if "Capturing CUDA graphs" in line), None)
     worst, agree = 0.0, 0
     for (_, _, ids), choice in zip(sequences, sorted(echoed["choices"], key=lambda c: c["index"])):
         got = choice["logprobs"]["token_logprobs"][1:len(ids)]
         worst = max(worst, *(abs(a - b) for a, b in zip(got, teacher_forced(reference, ids))))
-    for want, choice in zip(greedy, sorted(served["choices"], key=lambda c: c["index"])):
+    for want, choice in zip(greedy, served):
         tokens = [int(t.removeprefix("token_id:")) for t in choice["logprobs"]["tokens"]]
         agree += next((i for i, (a, b) in enumerate(zip(tokens, want)) if a != b), len(want))
     return {
         "case": name, "head_size": spec.d_model // spec.n_heads, "tensor_parallel_size": tp,
         "dtype": str(dtype).removeprefix("torch."), "start_s": round(start_s, 1),
         "max_logprob_difference": worst, "tolerance": TOLERANCE[device],
-        "greedy_tokens_agreeing": f"{agree}/{len(PROMPTS) * CONTINUATION}",
-        "attention_log": backend_line, "passed": worst <= TOLERANCE[device],
+        "concurrent_streams": len(prompts), "greedy_tokens_agreeing": f"{agree}/{len(prompts) * CONTINUATION}",
+        "decode_kernel": "2d" if len(prompts) > triton_3d_threshold(spec.n_heads // tp, CAPTURE_SIZES) else "3d",
+        "attention_log": backend_line, "cuda_graphs_log": graphs_line, "passed": worst <= TOLERANCE[device],
     }
 
 
@@ -143,7 +175,7 @@ def check_real(model_dir: Path, tp: int, device: str) -> dict[str, Any]:
     import httpx
 
     from bench.load import run_level, summarize
-    from tests.support.server import running_server
+    from harness.server import running_server
 
     served = "airoboros-check"
     result: dict[str, Any] = {"model": str(model_dir), "tensor_parallel_size": tp}
@@ -174,10 +206,10 @@ def check_real(model_dir: Path, tp: int, device: str) -> dict[str, Any]:
 def decode_bound(model_dir: Path, tp: int) -> float | None:
     import torch
 
-    from server.gpu.catalog import Gpu, bandwidth_for_driver_name
+    from server.mpt.catalog import Gpu, bandwidth_for_driver_name
     from server.gpu.plan import quantization_of
-    from server.gpu.sizing import Setup, make_plan
-    from server.models.mpt_config import MptSpec
+    from server.mpt.sizing import Setup, make_plan
+    from server.mpt.config import MptSpec
 
     config = json.loads((model_dir / "config.json").read_text())
     name = torch.cuda.get_device_name()
@@ -192,10 +224,11 @@ def decode_bound(model_dir: Path, tp: int) -> float | None:
 def write_report(out: Path, report: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# GPU check: {'PASSED' if report['passed'] else 'FAILED'}", "", f"device: {report['device']}", "",
-             "| case | head | TP | dtype | max Δ log-prob | tolerance | greedy agree | passed |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| case | head | TP | dtype | streams | decode kernel | max Δ log-prob | tolerance | greedy agree | passed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {c['case']} | {c['head_size']} | {c['tensor_parallel_size']} | {c['dtype']} | "
-              f"{c['max_logprob_difference']:.2e} | {c['tolerance']:g} | {c['greedy_tokens_agreeing']} | {c['passed']} |"
+              f"{c['concurrent_streams']} | {c['decode_kernel']} | {c['max_logprob_difference']:.2e} | "
+              f"{c['tolerance']:g} | {c['greedy_tokens_agreeing']} | {c['passed']} |"
               for c in report["tiny"]]
     if report.get("real"):
         lines += ["", "```json", json.dumps(report["real"], indent=2), "```"]

@@ -33,8 +33,8 @@ from bench.servers import (
     REPO_ROOT, EngineConfig, ProcessProbe, Server, find_frontend_pid, launch,
     ours_command, stop, tree_cpu_s, vllm_command,
 )
-from tests.support.server import free_port, served_model, stop_server
-from tests.support.streams import StreamRecord
+from harness.server import free_port, served_model, stop_server
+from harness.streams import StreamRecord
 
 PROMPTS = [
     "Explain in detail how a steam engine works, step by step.",

@@ -1,7 +1,7 @@
 """The benchmark's load: a bounded closed loop of identical streaming chat requests, and its statistics.
 
 `run_level` keeps `concurrency` requests in flight until `requests` have been sent, over one
-keep-alive httpx client, with the tests' one load generator (`tests/support/streams.py`), which
+keep-alive httpx client, with the tests' one load generator (`harness/streams.py`), which
 times every request on the client side:
 
 - TTFT: request sent → first SSE chunk with non-empty content (a role-only chunk or a
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tests.support.streams import StreamRecord, closed_loop, read_stream
+from harness.streams import StreamRecord, closed_loop, read_stream
 
 STOP_STRINGS = ["</s>", "USER:"]  # what our server always adds (R10); vLLM is sent the same
 

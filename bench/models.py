@@ -2,7 +2,7 @@
 
 The default model is converted by our own CLI (`airoboros-server prepare-default-model` prints
 its directory), so `vllm serve` loads exactly the weights our server does. The tiny MPT comes
-from the test helper `tests/support/tiny_mpt.py` (random weights, MPT-30B's head size and
+from the test helper `harness/tiny_mpt.py` (random weights, MPT-30B's head size and
 vocabulary) when it is there, else from transformers' MptConfig directly; its tokenizer is the
 GPT-NeoX one from ../shared/data, never copied into the repository.
 """
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from server.engine.default_model import SERVED_NAME as DEFAULT_SERVED_NAME  # noqa: F401 - bench names it here
-from tests.support.server import REPO_ROOT
+from harness.server import REPO_ROOT
 
 SHARED_DIR = Path(os.environ.get("AIROBOROS_SHARED_DIR", REPO_ROOT.parent / "shared"))
 NEOX_TOKENIZER = Path(
@@ -48,7 +48,7 @@ def make_tiny_mpt(directory: Path) -> Path:
         raise FileNotFoundError(f"{NEOX_TOKENIZER} is missing (set AIROBOROS_NEOX_TOKENIZER)")
     sys.path.insert(0, str(REPO_ROOT))
     try:
-        from tests.support.tiny_mpt import make_tiny_mpt as make_with_helper
+        from harness.tiny_mpt import make_tiny_mpt as make_with_helper
     except ImportError:
         make_with_helper = None
     if make_with_helper is not None:

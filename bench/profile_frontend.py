@@ -32,7 +32,7 @@ from bench import models
 from bench.load import run_level, summarize
 from bench.harness import PROMPTS
 from bench.servers import EngineConfig, ProcessProbe, Server, find_frontend_pid, launch, log_dir, ours_command, stop, vllm_command
-from tests.support.server import free_port
+from harness.server import free_port
 
 OUT = Path(__file__).resolve().parent / "results"
 

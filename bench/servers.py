@@ -3,7 +3,7 @@
 `EngineConfig` is everything that shapes the engine (model, dtype, context, KV cache, batch
 size, eager or compiled, preloaded libraries); `ours_command` and `vllm_command` turn one config
 into each server's flags, so the two cannot drift apart. They are started, awaited and stopped
-by the tests' one launcher (`tests/support/server.py`): each in its own process group (cleanup
+by the tests' one launcher (`harness/server.py`): each in its own process group (cleanup
 reaches its engine children) with its log in a file.
 
 The front end is the process that listens on the server's port (uvicorn + the API code); vLLM's
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.support.server import REPO_ROOT, serve_command, start_process, stop_server
+from harness.server import REPO_ROOT, serve_command, start_process, stop_server
 
 BENCH_DIR = REPO_ROOT / "bench"
 CHAT_TEMPLATE = BENCH_DIR / "airoboros.jinja"

@@ -8,7 +8,8 @@ Modules: `errors` (exceptions and every error code), `messages` (validation, R4-
 `documents` (the closed-context extension), `conversation_format` (what every format shares),
 `airoboros` (the airoboros-mpt-30b prompt), `chatml` (the embedded stand-in's), `layout` (a prompt
 as pieces), `history` (fitting into the context, R11), `token_cache` (a prompt's token ids from
-cached pieces), `output` (stripping the reply, R10), `stops` (stop strings, R10), `protocol`
+cached pieces), `output` (stripping the reply, R10), `stops` (stop strings, R10), `tools` (function tools: their
+rendering and the answer's schema), `tool_output` (reading calls back), `protocol`
 (what a format provides), `registry` (formats by name).
 """
 
@@ -30,8 +31,19 @@ from prompt_formats.registry import (
 )
 from prompt_formats.stops import merge_stops
 from prompt_formats.token_cache import TokenCache
+from prompt_formats.tool_output import AnswerDelta, ArgumentsDelta, CallStarted, ToolOutputReader
+from prompt_formats.tools import Tool, ToolChoice, parse_tool_choice, parse_tools, tools_schema
 
 __all__ = [
+    "AnswerDelta",
+    "ArgumentsDelta",
+    "CallStarted",
+    "Tool",
+    "ToolChoice",
+    "ToolOutputReader",
+    "parse_tool_choice",
+    "parse_tools",
+    "tools_schema",
     "DEFAULT_FORMAT",
     "DEFAULT_SYSTEM",
     "DELIMITERS",

@@ -17,6 +17,7 @@ from prompt_formats.layout import PromptLayout
 from prompt_formats.messages import Conversation, parse_messages
 from prompt_formats.output import OutputShaper
 from prompt_formats.stops import merge_stops
+from prompt_formats.tools import Tool, render_tools
 from prompt_formats.token_cache import (
     DEFAULT_MAX_BYTES,
     TokenCache,
@@ -48,9 +49,14 @@ class ConversationFormat:
         documents: Sequence[Mapping[str, Any]] | None = None,
         plainformat: bool = False,
         continue_final_message: bool = False,
+        tools: Sequence[Tool] = (),
     ) -> Conversation:
-        """Validated messages with the extensions applied to the last user message (R12)."""
+        """Validated messages with the extensions applied to the last user message (R12), and
+        the tools (`tools.render_tools`) after the system text and a blank line."""
         conversation = parse_messages(messages, continue_final_message=continue_final_message)
+        if tools:
+            system = self.default_system if conversation.system is None else conversation.system
+            conversation = conversation.with_system("\n\n".join(filter(None, (system, render_tools(tools)))))
         text = conversation.last_user.text
         if plainformat:
             text = _with_plainformat(text)
@@ -67,6 +73,7 @@ class ConversationFormat:
         documents: Sequence[Mapping[str, Any]] | None = None,
         plainformat: bool = False,
         continue_final_message: bool = False,
+        tools: Sequence[Tool] = (),
     ) -> str:
         return self.render_conversation(
             self.conversation(
@@ -74,6 +81,7 @@ class ConversationFormat:
                 documents=documents,
                 plainformat=plainformat,
                 continue_final_message=continue_final_message,
+                tools=tools,
             )
         )
 
@@ -87,6 +95,7 @@ class ConversationFormat:
         documents: Sequence[Mapping[str, Any]] | None = None,
         plainformat: bool = False,
         continue_final_message: bool = False,
+        tools: Sequence[Tool] = (),
     ) -> FittedPrompt:
         """Render, tokenize the whole prompt once, and apply `history` if it is too long (R11).
 
@@ -99,6 +108,7 @@ class ConversationFormat:
             documents=documents,
             plainformat=plainformat,
             continue_final_message=continue_final_message,
+            tools=tools,
         )
         own_cache = isinstance(tokenize, TokenCache) and tokenize.checked_for == self.name
         return fit_conversation(

@@ -14,8 +14,16 @@ may branch on them. Every code this package raises, with its param:
   empty part list, or a text part without a string `text` (R7).
 - `unsupported_content_type` (messages) — a content part other than `text`: image, audio,
   file (R7).
-- `unsupported_tool_calls` (messages) — an assistant message carrying `tool_calls` or
+- `unsupported_tool_calls` (messages) — an assistant message carrying the legacy
   `function_call` (R5).
+- `invalid_tool_calls` (messages) — an assistant message's `tool_calls` malformed, or arguments
+  that are not a string of JSON.
+- `unexpected_tool_message` (messages) — a `tool` message that answers no call of the assistant
+  message before it.
+- `invalid_tools` (tools) — a malformed tool or two tools of one name.
+- `unsupported_tool_type` (tools) — a tool type other than `function`; the message quotes it.
+- `invalid_tool_choice` (tool_choice) — neither none/auto/required nor a function.
+- `unknown_tool` (tool_choice) — `tool_choice` names a function that is not among the tools.
 - `missing_user_message` (messages) — nothing but system messages.
 - `first_message_not_user` (messages) — after the system part, the conversation starts with
   the assistant (R6).

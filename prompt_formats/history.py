@@ -8,7 +8,9 @@ Policies:
 - `"last"`: drop every earlier exchange (the model card CLI's `--no-history`).
 
 The system part, the last user message and a `continue_final_message` prefill are never dropped,
-and nothing is ever cut inside a message: if they alone do not fit, the request fails.
+and nothing is ever cut inside a message: if they alone do not fit, the request fails. A tool
+call and its result are never parted: a drop that would leave a turn of tool results first (its
+call dropped) is never made, so such a chat drops up to the exchange before the call instead.
 
 **Why `"fit"` drops in blocks** *(ours)*. Dropping the fewest exchanges that make the prompt fit
 looks kind, but a chat past the limit then loses its oldest exchange on every turn, so two
@@ -96,20 +98,25 @@ def fit_conversation(
     if len(whole.token_ids) <= max_prompt_tokens:
         return whole
     total = len(layout.exchanges)
-    if history == "error" or total == 0:
+    allowed = [drop for drop in range(1, total + 1) if conversation.keeps_results_with_calls(drop)]
+    if history == "error" or not allowed:
         raise ContextLengthExceeded(
             prompt_tokens=len(whole.token_ids), max_prompt_tokens=max_prompt_tokens
         )
     if history == "last":
-        return _first_fitting([total], measure, lambda drop: 0, max_prompt_tokens)
+        return _first_fitting([allowed[-1]], measure, lambda drop: 0, max_prompt_tokens)
 
     sizes = [tokens.count(exchange) for exchange in layout.exchanges]
     room = max_prompt_tokens - tokens.count([layout.system])
     saved = [0]
     for size in sizes:
         saved.append(saved[-1] + size)
+    keep = set(allowed)
+    points = [drop for drop in drop_points(sizes, room) if drop in keep]
+    if points[-1:] != allowed[-1:]:
+        points.append(allowed[-1])
     return _first_fitting(
-        drop_points(sizes, room),
+        points,
         measure,
         lambda drop: len(whole.token_ids) - saved[drop],
         max_prompt_tokens,

@@ -12,10 +12,16 @@ Choices the spec leaves open, marked *(ours)* as there:
   literal reading of R7, so `["Hello", "world"]` → `Hello\\nworld`.
 - A run of same-role messages (R6) is joined with `\\n` and the joined text is stripped again
   *(ours)*, so an empty message inside a run leaves no dangling newline at its ends.
-- `content: null` (or missing) is an error for every role, not only `user` *(ours)*: OpenAI
-  allows it only beside `tool_calls`, which this model cannot take. An assistant message that
-  carries `tool_calls`/`function_call` is refused with `unsupported_tool_calls`, never rendered
-  without them.
+- `content: null` (or missing) is an error for every role but an assistant message with
+  `tool_calls` *(ours)*, as OpenAI. The legacy `function_call` is refused with
+  `unsupported_tool_calls`, never rendered without it.
+- Tool calls and results (`tools.py` has the text): an assistant message's `tool_calls` render as
+  the JSON list the model writes, after its content and a newline when it has content. A `tool`
+  message renders as `Function {name} returned: {content}` on the user's side of the chat, so the
+  model answers it; it must answer a call of the nearest assistant message before it, with only
+  other `tool` messages between (`unexpected_tool_message` otherwise). A run that opens with
+  results is marked (`Turn.tool_results`), so history fitting never keeps a result without its
+  call.
 - An empty part list is `invalid_content` *(ours; OpenAI refuses it too)*; an empty string is
   allowed and renders as nothing.
 - `continue_final_message` with a final *user* message is `nothing_to_continue` *(ours)*:
@@ -35,12 +41,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import json
+
 from prompt_formats.errors import PromptFormatError
+from prompt_formats.tools import render_calls, render_result
 
 SYSTEM_ROLES = ("system", "developer")
 USER = "user"
 ASSISTANT = "assistant"
-KNOWN_ROLES = (*SYSTEM_ROLES, USER, ASSISTANT)
+TOOL = "tool"
+KNOWN_ROLES = (*SYSTEM_ROLES, USER, ASSISTANT, TOOL)
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ class Turn:
 
     text: str
     message_count: int = 1
+    # The run opens with tool results, which belong with the calls of the turn before it.
+    tool_results: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,16 @@ class Conversation:
     def with_last_user_text(self, text: str) -> Conversation:
         return replace(self, last_user=replace(self.last_user, text=text))
 
+    def keeps_results_with_calls(self, drop: int) -> bool:
+        """Whether dropping the `drop` oldest exchanges leaves no tool result without its call."""
+        if drop == 0:
+            return True
+        first = self.exchanges[drop].user if drop < len(self.exchanges) else self.last_user
+        return not first.tool_results
+
+    def with_system(self, system: str) -> Conversation:
+        return replace(self, system=system)
+
 
 def parse_messages(
     messages: Sequence[Mapping[str, Any]], *, continue_final_message: bool = False
@@ -107,6 +129,8 @@ def parse_messages(
 
     system_texts: list[str] = []
     runs: list[tuple[str, list[str]]] = []  # (role, raw texts) of consecutive same-role messages
+    result_runs: set[int] = set()  # indexes of the runs that open with tool results
+    open_calls: dict[str, str] = {}  # the last assistant message's unanswered calls: id → name
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         # `type(...) is dict` first: the ABC check costs five times more, once per message.
@@ -124,13 +148,22 @@ def parse_messages(
                     code="misplaced_system_message",
                 )
             system_texts.append(_content_text(message, where).strip())
-        elif role in (USER, ASSISTANT):
-            if role == ASSISTANT and (message.get("tool_calls") or message.get("function_call")):
+        elif role in (USER, ASSISTANT, TOOL):
+            if role == ASSISTANT and message.get("function_call"):
                 raise PromptFormatError(
-                    f"{where} carries tool calls: this model does not support tool calls.",
+                    f"{where} carries the legacy function_call: send tool_calls instead.",
                     code="unsupported_tool_calls",
                 )
-            text = _content_text(message, where)
+            if role == TOOL:
+                text = _tool_result_text(message, where, open_calls)
+                role = USER
+                if not runs or runs[-1][0] != USER:
+                    result_runs.add(len(runs))
+            elif role == ASSISTANT and message.get("tool_calls"):
+                text, open_calls = _calls_text(message, where)
+            else:
+                text = _content_text(message, where)
+                open_calls = {}
             if runs and runs[-1][0] == role:
                 runs[-1][1].append(text)
             else:
@@ -170,7 +203,7 @@ def parse_messages(
             code="nothing_to_continue",
         )
 
-    turns = [Turn(_join_run(texts), len(texts)) for _, texts in runs]
+    turns = [Turn(_join_run(texts), len(texts), index in result_runs) for index, (_, texts) in enumerate(runs)]
     exchanges = tuple(Exchange(turns[i], turns[i + 1]) for i in range(0, len(turns) - 1, 2))
     return Conversation(system=system, exchanges=exchanges, last_user=turns[-1], prefill=prefill)
 
@@ -219,3 +252,49 @@ def _content_text(message: Mapping[str, Any], where: str) -> str:
     raise PromptFormatError(
         f"{where}.content must be a string or a list of text parts.", code="invalid_content"
     )
+
+
+def _calls_text(message: Mapping[str, Any], where: str) -> tuple[str, dict[str, str]]:
+    """An assistant message's content and its calls as the model writes them; the calls by id."""
+    calls = message.get("tool_calls")
+    content = message.get("content")
+    text = "" if content is None else _content_text(message, where).strip()
+    if isinstance(calls, (str, bytes)) or not isinstance(calls, Sequence):
+        raise _invalid_calls(f"{where}.tool_calls must be a list of calls.")
+    pairs: list[tuple[str, Any]] = []
+    by_id: dict[str, str] = {}
+    for position, call in enumerate(calls):
+        call_where = f"{where}.tool_calls[{position}]"
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+            raise _invalid_calls(f"{call_where} must be {{\"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}}.")
+        if call.get("type", "function") != "function":
+            raise _invalid_calls(f"{call_where} has type {call.get('type')!r}: only function calls exist.")
+        arguments = function.get("arguments", "{}")
+        try:
+            parsed = json.loads(arguments) if isinstance(arguments, str) else None
+        except json.JSONDecodeError:
+            parsed = None
+        if parsed is None:
+            raise _invalid_calls(f"{call_where}.function.arguments must be a string of JSON.")
+        pairs.append((function["name"], parsed))
+        if isinstance(call.get("id"), str):
+            by_id[call["id"]] = function["name"]
+    calls_text = render_calls(pairs)
+    return (f"{text}\n{calls_text}" if text else calls_text), by_id
+
+
+def _tool_result_text(message: Mapping[str, Any], where: str, open_calls: dict[str, str]) -> str:
+    call_id = message.get("tool_call_id")
+    if not isinstance(call_id, str) or call_id not in open_calls:
+        raise PromptFormatError(
+            f"{where} has role 'tool' with tool_call_id {call_id!r}, which answers no call of the "
+            "assistant message before it: a tool message must follow the assistant message whose "
+            "tool_calls hold that id.",
+            code="unexpected_tool_message",
+        )
+    return render_result(open_calls.pop(call_id), _content_text(message, where).strip())
+
+
+def _invalid_calls(message: str) -> PromptFormatError:
+    return PromptFormatError(message, code="invalid_tool_calls")

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 from prompt_formats.history import FittedPrompt, HistoryPolicy
 from prompt_formats.output import OutputShaper
 from prompt_formats.token_cache import TokenCache
+from prompt_formats.tools import Tool
 
 
 @runtime_checkable
@@ -29,6 +30,7 @@ class PromptFormat(Protocol):
         documents: Sequence[Mapping[str, Any]] | None = None,
         plainformat: bool = False,
         continue_final_message: bool = False,
+        tools: Sequence[Tool] = (),
     ) -> str:
         """The prompt for `messages`; raises `PromptFormatError` on a client mistake."""
         ...
@@ -43,6 +45,7 @@ class PromptFormat(Protocol):
         documents: Sequence[Mapping[str, Any]] | None = None,
         plainformat: bool = False,
         continue_final_message: bool = False,
+        tools: Sequence[Tool] = (),
     ) -> FittedPrompt:
         """The prompt and its token ids within `max_prompt_tokens`, after the history policy."""
         ...

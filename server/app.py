@@ -14,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from prompt_formats import get_format
 
 from server import __version__
-from server.api import operations, routes, tokenization
+from server.api import operations, render, routes, tokenization
 from server.api.chat import DROPPED_MESSAGES_HEADER, ChatService
 from server.api.completions import CompletionService
 from server.api.context import Services
@@ -120,6 +120,7 @@ def create_app(
     app.state.lifecycle = lifecycle
     app.state.services = services
     app.include_router(routes.router)
+    app.include_router(render.router)
     app.include_router(tokenization.router)
     app.include_router(operations.router)
     install_error_handlers(app)

@@ -124,11 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         apply_engine_environment(settings)
         print(prepare_default_model(settings.resolved_cache_dir()))
         return 0
-    from server.engine.args import kv_offload_problem
+    from server.engine.args import kv_offload_problem, model_runner_problem
 
-    # Before anything loads: vLLM itself would find out only once its workers are up.
-    if (problem := kv_offload_problem(settings)) is not None:
-        raise SystemExit(f"airoboros-server: {problem}")
+    # Before anything loads: vLLM itself would find out only once its config or workers are up.
+    for problem in (kv_offload_problem(settings), model_runner_problem(settings)):
+        if problem is not None:
+            raise SystemExit(f"airoboros-server: {problem}")
     if settings.api_key_file is not None:
         if not settings.api_key_file.is_file():
             raise SystemExit(f"airoboros-server: API key file {settings.api_key_file} does not exist")

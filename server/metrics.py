@@ -65,6 +65,10 @@ class Metrics:
             f"{prefix}_requests_aborted", "Engine requests aborted before finishing.", ["reason"],
             registry=registry,
         )
+        self.tool_calls = Counter(
+            f"{prefix}_tool_calls", "Tool calls answered, by the request's tool_choice (auto, required, named).",
+            ["tool_choice"], registry=registry,
+        )
         self.history_dropped = Counter(
             f"{prefix}_history_messages_dropped", "Chat messages dropped by the history policy.",
             registry=registry,

@@ -52,11 +52,34 @@ class Settings(BaseSettings):
         None, ge=1, description="KV cache GiB on CPU hosts (VLLM_CPU_KVCACHE_SPACE; whole GiB; default 4)."
     )
     max_num_seqs: int | None = Field(None, ge=1, description="Sequences the engine batches at once.")
+    block_size: int | None = Field(
+        None, ge=1,
+        description="KV-cache block size in tokens, the prefix cache's unit (a router's blockSize must "
+        "equal it). Default: vLLM's, 16 on GPUs and 128 on its CPU build (which takes multiples of 32).",
+    )
     kv_offload_gib: float | None = Field(
         None, gt=0,
         description="Host-RAM tier for the KV cache, GiB for the whole replica (all GPUs together): "
         "vLLM's CPU offloading copies prompt KV blocks there, so a returning conversation reloads "
         "its earlier prompt over PCIe instead of prefilling it again. GPUs only. Default: off.",
+    )
+    kv_events_endpoint: str | None = Field(
+        None,
+        description="Publish the engine's KV-cache events (blocks stored, removed) over ZMQ for a "
+        "prefix-aware router (the inference gateway's endpoint picker): tcp://*:5557 binds here, "
+        "tcp://picker:5557 connects to a router that binds. Default: off.",
+    )
+    kv_events_topic: str | None = Field(None, description="ZMQ topic of the KV-cache events. Default: none.")
+    prefix_caching_hash_algo: Literal["sha256_cbor", "sha256", "xxhash_cbor", "xxhash"] = Field(
+        "sha256_cbor",
+        description="How the engine hashes prefix blocks (vLLM's --prefix-caching-hash-algo); "
+        "sha256_cbor is the one a router in any language can recompute (README, the inference gateway).",
+    )
+    model_runner: Literal["auto", "v1", "v2"] = Field(
+        "auto",
+        description="vLLM's model runner: auto (vLLM's choice: Model Runner V2 on GPUs, where Triton "
+        "imports; V1 on vLLM's CPU build), v1 or v2 (vLLM's VLLM_USE_V2_MODEL_RUNNER). v2 needs "
+        "a GPU build.",
     )
     attention_backend: str = Field(
         "auto",
@@ -185,7 +208,7 @@ class Settings(BaseSettings):
     @field_validator("attention_backend")
     @classmethod
     def _known_attention_backend(cls, value: str) -> str:
-        from server.gpu.attention import normalise_backend_setting
+        from server.mpt.attention import normalise_backend_setting
 
         return normalise_backend_setting(value)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import REPO_ROOT
+from harness.server import REPO_ROOT
 
 SHARED_DIR = Path(os.environ.get("AIROBOROS_SHARED_DIR", REPO_ROOT.parent / "shared"))
 NEOX_TOKENIZER = Path(
@@ -63,13 +63,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.nodeid.split("::")[0] in live)
     if config.option.collectonly or not any("default_server" in getattr(i, "fixturenames", ()) for i in items):
         return
-    from tests.support.server import launch_server
+    from harness.server import launch_server
 
     _started_early.append(launch_server(env=DEFAULT_SERVER_ENV, wait_ready=False))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    from tests.support.server import stop_server
+    from harness.server import stop_server
 
     while _started_early:  # never used (the tests that needed it did not run)
         stop_server(_started_early.pop())
@@ -78,7 +78,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def default_server():
     """One server on the embedded default model (SmolLM2-135M) for every test that can share it."""
-    from tests.support.server import launch_server, stop_server, wait_until_ready
+    from harness.server import launch_server, stop_server, wait_until_ready
 
     server = _started_early.pop() if _started_early else launch_server(env=DEFAULT_SERVER_ENV, wait_ready=False)
     try:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from server.errors import APIError
 from server.metrics import Metrics
 from server.ops.admission import MAX_RETRY_AFTER_S, AdmissionGate
-from tests.support.load import metric_value
+from harness.load import metric_value
 
 
 def gate(limit: int) -> tuple[AdmissionGate, CollectorRegistry]:

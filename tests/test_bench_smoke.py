@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.support.server import REPO_ROOT
+from harness.server import REPO_ROOT
 
 pytestmark = pytest.mark.engine
 

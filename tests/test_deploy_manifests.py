@@ -250,7 +250,7 @@ def test_gpu_overlays_keep_a_host_ram_kv_tier_below_the_memory_limit(overlay: st
     """vLLM's CPU offloading maps its whole buffer as one file in /dev/shm
     (vllm/v1/kv_offload/cpu/shared_offload_region.py) and touches all of it at start: the RAM
     emptyDir must hold it beside the IPC share, and the memory limit both and the processes."""
-    from server.gpu.sizing import MPT_30B, kv_bytes_per_token
+    from server.mpt.sizing import MPT_30B, kv_bytes_per_token
 
     env = container_env(overlay)
     Settings(kv_offload_gib=env["AIROBOROS_KV_OFFLOAD_GIB"])  # a valid value of the setting
@@ -416,9 +416,20 @@ def with_components(tmp_path_factory) -> list[dict]:
     )
 
 
+def server_deployment(docs: list[dict]) -> dict:
+    # The optional components bring more (the inference gateway's endpoint picker): the server's by name.
+    (found,) = [doc for doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "airoboros-server"]
+    return found
+
+
+def server_service(docs: list[dict]) -> dict:
+    (found,) = [doc for doc in docs if doc["kind"] == "Service" and doc["metadata"]["name"] == "airoboros-server"]
+    return found
+
+
 def test_autoscaling_follows_the_engine_queue_never_utilisation(with_components: list[dict]) -> None:
     scaled = only(with_components, "ScaledObject")
-    assert scaled["spec"]["scaleTargetRef"]["name"] == only(with_components, "Deployment")["metadata"]["name"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == server_deployment(with_components)["metadata"]["name"]
     triggers = scaled["spec"]["triggers"]
     assert [trigger["type"] for trigger in triggers] == ["prometheus"]
     assert "vllm:num_requests_waiting" in triggers[0]["metadata"]["query"]
@@ -427,7 +438,7 @@ def test_autoscaling_follows_the_engine_queue_never_utilisation(with_components:
 
 def test_service_monitor_scrapes_the_metrics_route(with_components: list[dict]) -> None:
     monitor = only(with_components, "ServiceMonitor")
-    service = only(with_components, "Service")
+    service = server_service(with_components)
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
     assert monitor["spec"]["endpoints"][0]["path"] in app_route_paths()
     assert monitor["metadata"]["namespace"] == "airoboros"

@@ -30,7 +30,7 @@ from tests.support.deploy_tools import (
     render,
     server_container,
 )
-from tests.support.server import REPO_ROOT, free_port, serve_command, start_process, stop_server
+from harness.server import REPO_ROOT, free_port, serve_command, start_process, stop_server
 
 pytestmark = pytest.mark.engine
 

@@ -20,7 +20,7 @@ import pytest
 from server.ops.lifecycle import ENGINE_SHUTDOWN_TIMEOUT_S
 from server.ops.runner import FLUSH_GRACE_S
 from server.settings import Settings
-from tests.support.server import REPO_ROOT
+from harness.server import REPO_ROOT
 
 SYSTEMD_DIR = REPO_ROOT / "deploy" / "systemd"
 UNIT = SYSTEMD_DIR / "airoboros-server.service"

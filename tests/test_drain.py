@@ -19,7 +19,7 @@ import httpx
 from server.ops.state import Phase
 from tests.support.fake_engine import FakeAsyncLLM
 from tests.support.inprocess import FAKE_MODEL, InProcessServer, serving_fake
-from tests.support.streams import StreamRecord, read_stream
+from harness.streams import StreamRecord, read_stream
 
 STREAMS = 3
 SHUTDOWN_DELAY_S = 1.0

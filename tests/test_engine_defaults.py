@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import build_parser, load_settings
 from server.engine.args import engine_environment_defaults, resolved_enforce_eager
-from server.settings import Settings
-
-
-def serve_settings(*flags: str) -> Settings:
-    namespace = vars(build_parser().parse_args(["serve", *flags]))
-    namespace.pop("command")
-    return load_settings(namespace)
+from tests.support.settings import serve_settings
 
 
 def test_the_cpu_build_serves_eager_unless_told_to_compile(monkeypatch):
@@ -43,3 +36,35 @@ def test_a_restart_loads_the_compile_cache_from_vllm_cache_root(monkeypatch, tmp
 def test_the_prompt_format_follows_the_model(monkeypatch, flags, expected):
     monkeypatch.delenv("AIROBOROS_PROMPT_FORMAT", raising=False)
     assert serve_settings(*flags).prompt_format == expected
+
+
+def test_the_block_hash_is_named_and_kv_events_are_off_unless_an_endpoint_is_set(monkeypatch):
+    from server.engine.args import kv_events_engine_arguments
+
+    monkeypatch.delenv("AIROBOROS_KV_EVENTS_ENDPOINT", raising=False)
+    assert kv_events_engine_arguments(serve_settings()) == {"prefix_caching_hash_algo": "sha256_cbor"}
+    arguments = kv_events_engine_arguments(
+        serve_settings("--kv-events-endpoint", "tcp://picker:5557", "--kv-events-topic", "kv@10.0.0.7@m",
+                       "--prefix-caching-hash-algo", "xxhash_cbor")
+    )
+    assert arguments["prefix_caching_hash_algo"] == "xxhash_cbor"
+    events = arguments["kv_events_config"]
+    assert (events.enable_kv_cache_events, events.publisher, events.endpoint, events.topic) == (
+        True, "zmq", "tcp://picker:5557", "kv@10.0.0.7@m"
+    )
+    with pytest.raises(SystemExit):  # vLLM's four algorithms only, refused at the command line
+        serve_settings("--prefix-caching-hash-algo", "md5")
+
+
+def test_the_block_size_is_vllms_unless_set(tmp_path, monkeypatch):
+    import json
+
+    from server.engine.args import engine_args
+    from harness.tiny_mpt import TinyMpt, mosaicml_config
+
+    monkeypatch.delenv("AIROBOROS_BLOCK_SIZE", raising=False)
+    (tmp_path / "config.json").write_text(json.dumps(mosaicml_config(TinyMpt())))
+    assert engine_args(serve_settings("--model", str(tmp_path)), tmp_path, "mpt").block_size is None
+    assert engine_args(serve_settings("--model", str(tmp_path), "--block-size", "32"), tmp_path, "mpt").block_size == 32
+    with pytest.raises(SystemExit):
+        serve_settings("--block-size", "0")

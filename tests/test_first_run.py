@@ -30,8 +30,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.server import launch_server, running_server, stop_server
-from tests.support.tiny_mpt import make_tiny_mpt, reference_greedy
+from harness.server import launch_server, running_server, stop_server
+from harness.tiny_mpt import make_tiny_mpt, reference_greedy
 
 pytestmark = pytest.mark.engine
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.fake_engine import FakeAsyncLLM
 from tests.support.inprocess import FAKE_MODEL, serving_fake
-from tests.support.sse import parse_sse_line
+from harness.sse import parse_sse_line
 
 REPLY = "Four. Paris is in France."
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]

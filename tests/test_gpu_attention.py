@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from server.gpu.attention import (
+from server.mpt.attention import (
     AttentionChoice,
     AttentionRefused,
     ModelAttention,
@@ -27,8 +27,8 @@ from server.gpu.attention import (
     normalise_backend_setting,
 )
 from server.models.attention_guard import refuse_alibi_unsafe_layer
-from tests.support.server import REPO_ROOT
-from tests.support.tiny_mpt import TinyMpt, mosaicml_config
+from harness.server import REPO_ROOT
+from harness.tiny_mpt import TinyMpt, mosaicml_config
 
 CAPABILITIES = [(8, 0), (8, 6), (8, 9), (9, 0), (10, 0)]
 MODELS = {112: TinyMpt(), 128: TinyMpt(d_model=256)}  # two heads each
@@ -105,7 +105,7 @@ def test_server_choice_applies_alibi_with_planner_and_layer_agreeing(replays, ca
 
 def test_canary_vllm_default_on_sm90_trips_flash_attention_2_guard(replays):
     """vLLM 0.32 alone on H100/H200 plans FA3 but runs the ALiBi layer on FA2. When this test
-    fails, a vLLM upgrade fixed it: revisit the sm90 choice in server/gpu/attention.py."""
+    fails, a vLLM upgrade fixed it: revisit the sm90 choice in server/mpt/attention.py."""
     result = replayed(replays, "sm90-head112-vllm-default-auto-unchecked")
     assert result["engine_arguments"] == {}
     assert result["backend"] == "FLASH_ATTN"
@@ -226,7 +226,7 @@ def test_serve_refuses_flashinfer_in_one_line():
 def test_serve_refuses_at_start_a_backend_this_host_cannot_run(tmp_path):
     """On this CPU host TRITON_ATTN cannot serve: `serve` stops before building the engine,
     and the log says why and what would work."""
-    from tests.support.server import refused_start_log
+    from harness.server import refused_start_log
 
     directory = tmp_path / "tiny-mpt"
     directory.mkdir()

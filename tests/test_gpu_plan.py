@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import pytest
 
 from server.cli import main as cli_main
-from server.gpu.catalog import CATALOG, GIB, MIB
+from server.mpt.catalog import CATALOG, GIB, MIB
 from server.engine.platform import current_gpu
 from server.gpu.plan import GpuPlanRefused, check_at_start
 from server.gpu.plan import main as plan_main
-from server.gpu.sizing import MPT_30B, Setup, kv_bytes_per_token, make_plan, weight_bytes_per_gpu
+from server.mpt.sizing import MPT_30B, Setup, kv_bytes_per_token, make_plan, weight_bytes_per_gpu
 from server.settings import Settings
-from tests.support.tiny_mpt import TinyMpt, mosaicml_config
+from harness.tiny_mpt import TinyMpt, mosaicml_config
 
 
 def plan_json(capsys, *args: str) -> tuple[int, dict]:

@@ -13,26 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import build_parser, load_settings
 from server.engine import args as engine_args_module
 from server.engine.args import KV_OFFLOAD_BACKEND, KvOffloadRefused, engine_args, kv_offload_problem
-from server.gpu.catalog import CATALOG, GIB, find_gpu
+from server.mpt.catalog import CATALOG, GIB, find_gpu
 from server.gpu.plan import main as plan_main
-from server.gpu.sizing import MPT_30B, Setup, make_plan
+from server.mpt.sizing import MPT_30B, Setup, make_plan
 from server.settings import Settings
-from tests.support.server import REPO_ROOT
-from tests.support.tiny_mpt import TinyMpt, mosaicml_config
+from harness.server import REPO_ROOT
+from tests.support.settings import serve_settings
+from harness.tiny_mpt import TinyMpt, mosaicml_config
 
 MPT_30B_KV_BYTES_PER_TOKEN = 1_376_256  # 2 × 48 layers × 64 heads × 112 × 2 B
 MPT_30B_PARAMETERS = 29_957_200_896
 HOST_BLOCK_BYTES = 16 * MPT_30B_KV_BYTES_PER_TOKEN  # 22,020,096 B: a multiple of the 4 KiB page
 FULL_SEQUENCE_BYTES = 8192 * MPT_30B_KV_BYTES_PER_TOKEN  # 11,274,289,152 B = 10.5 GiB
-
-
-def serve_settings(*flags: str) -> Settings:
-    namespace = vars(build_parser().parse_args(["serve", *flags]))
-    namespace.pop("command")
-    return load_settings(namespace)
 
 
 def mpt_dir(tmp_path: Path) -> Path:

@@ -32,10 +32,10 @@ import pytest
 
 from tests.support.balancer import NGINX_INSTALL_HINT, Nginx, find_nginx
 from tests.support.fake_serve import fake_serve_command
-from tests.support.server import (
+from harness.server import (
     RunningServer, child_environment, free_port, served_model, start_process, stop_server, wait_until_ready,
 )
-from tests.support.streams import StreamRecord, closed_loop, read_stream
+from harness.streams import StreamRecord, closed_loop, read_stream
 
 REPLICAS = 2
 CONCURRENCY = 4

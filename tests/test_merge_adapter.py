@@ -11,8 +11,8 @@ import torch
 from server.merge.adapter import LoraAdapter, lora_scale, rank_and_alpha
 from server.merge.safetensors_writer import OutputTensor, plan_shards
 from server.merge.sizes import parse_size
-from tests.support.lora_checkpoints import LINEAR_TARGETS, make_lora_adapter
-from tests.support.tiny_mpt import TinyMpt, build_reference
+from harness.lora_checkpoints import LINEAR_TARGETS, make_lora_adapter
+from harness.tiny_mpt import TinyMpt, build_reference
 
 
 @pytest.fixture(scope="module")

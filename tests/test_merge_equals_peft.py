@@ -1,7 +1,7 @@
 """`airoboros-server merge` writes what peft's `merge_and_unload()` computes, tensor for tensor.
 
-Each case is a tiny MPT (tests/support/tiny_mpt.py) whose weights are bfloat16 values, and a real
-peft LoRA adapter made by `get_peft_model` with non-zero A and B (tests/support/lora_checkpoints.py).
+Each case is a tiny MPT (harness/tiny_mpt.py) whose weights are bfloat16 values, and a real
+peft LoRA adapter made by `get_peft_model` with non-zero A and B (harness/lora_checkpoints.py).
 The reference is the user's workflow with peft: the base loaded in the output dtype, the adapter
 applied with `PeftModel.from_pretrained`, `merge_and_unload()`.
 
@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from server.cli import main
-from tests.support.lora_checkpoints import (
+from harness.lora_checkpoints import (
     LINEAR_TARGETS,
     assert_equal_within_rounding,
     lora_terms,

@@ -33,9 +33,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.lora_checkpoints import LINEAR_TARGETS, read_checkpoint
-from tests.support.server import REPO_ROOT
-from tests.support.tiny_mpt import TinyMpt, mosaicml_config
+from harness.lora_checkpoints import LINEAR_TARGETS, read_checkpoint
+from harness.server import REPO_ROOT
+from harness.tiny_mpt import TinyMpt, mosaicml_config
 
 SPEC = TinyMpt(d_model=1024, n_heads=8, n_layers=16, vocab_size=8192, dialect="mosaicml")
 BLOCKS_PER_SHARD = 2

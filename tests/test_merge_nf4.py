@@ -15,7 +15,7 @@ import torch
 
 from server.cli import main
 from server.merge.nf4 import BLOCK_SIZE
-from tests.support.lora_checkpoints import (
+from harness.lora_checkpoints import (
     LINEAR_TARGETS,
     assert_equal_within_rounding,
     lora_terms,
@@ -24,7 +24,7 @@ from tests.support.lora_checkpoints import (
     read_checkpoint,
     shared_case,
 )
-from tests.support.tiny_mpt import one_torch_thread
+from harness.tiny_mpt import one_torch_thread
 
 
 @pytest.fixture(scope="module")

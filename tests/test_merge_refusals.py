@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.lora_checkpoints import LINEAR_TARGETS, copy_of, edit_json, make_lora_adapter, refusal, shared_case
-from tests.support.tiny_mpt import TinyMpt, build_reference
+from harness.lora_checkpoints import LINEAR_TARGETS, copy_of, edit_json, make_lora_adapter, refusal, shared_case
+from harness.tiny_mpt import TinyMpt, build_reference
 
 
 @pytest.fixture(scope="module")

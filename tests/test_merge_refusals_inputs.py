@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from server.cli import main
-from tests.support.lora_checkpoints import PREFIX, copy_of, edit_json, refusal, run_merge, shared_case, snapshot
+from harness.lora_checkpoints import PREFIX, copy_of, edit_json, refusal, run_merge, shared_case, snapshot
 
 
 @pytest.fixture(scope="module")

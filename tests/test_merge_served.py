@@ -1,6 +1,6 @@
 """A merged checkpoint serves: our real server on it gives the peft model's greedy tokens.
 
-The plain case (tests/support/lora_checkpoints.py: MosaicML-layout bf16 `.bin` shards and a peft
+The plain case (harness/lora_checkpoints.py: MosaicML-layout bf16 `.bin` shards and a peft
 LoRA on Wqkv, out_proj, up_proj and down_proj) is merged by the real command in a child process,
 in float32, and served by the real server (vLLM on the CPU, one start for the module). The
 reference is the unmerged peft model's `generate` in transformers (float32): x·W + scale·(x·A)·B
@@ -13,9 +13,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.support.lora_checkpoints import run_merge, shared_case
-from tests.support.server import running_server
-from tests.support.tiny_mpt import reference_greedy
+from harness.lora_checkpoints import run_merge, shared_case
+from harness.server import running_server
+from harness.tiny_mpt import reference_greedy
 
 MAX_TOKENS = 24
 PROMPTS = [

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.support.inprocess import FAKE_MODEL, serving_fake
-from tests.support.sse import parse_sse_line
+from harness.sse import parse_sse_line
 
 LIMIT = 4 * 1024 * 1024  # the default max_body_bytes
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.models.mpt_config import MptCheckpointConfig, MptSpec, alibi_slopes
-from tests.support.server import REPO_ROOT
-from tests.support.tiny_mpt import TinyMpt, mosaicml_config
+from server.mpt.config import MptCheckpointConfig, MptSpec, alibi_slopes
+from harness.server import REPO_ROOT
+from harness.tiny_mpt import TinyMpt, mosaicml_config
 
 # MPT-30B's config.json (mosaicml/mpt-30b), the base of airoboros-mpt-30b.
 MPT_30B = TinyMpt(d_model=7168, n_heads=64, n_layers=48, vocab_size=50432, max_seq_len=8192)
@@ -152,7 +152,7 @@ def in_a_vllm_process(tmp_path_factory) -> dict:
         models.register(); models.register()  # idempotent
         from transformers import AutoConfig
         from vllm import ModelRegistry
-        from tests.support.tiny_mpt import vllm_parameter_count_on_meta
+        from harness.tiny_mpt import vllm_parameter_count_on_meta
         config = AutoConfig.from_pretrained({str(tiny)!r}, trust_remote_code=False)
         report = {{
             "config": type(config).__name__,

@@ -1,6 +1,6 @@
 """AutoAWQ MPT checkpoints load and compute what they encode, `ffn.act.scales` included.
 
-The checkpoint is tiny and synthetic (tests/support/tiny_awq.py): 4-bit AWQ weights in AutoAWQ's
+The checkpoint is tiny and synthetic (harness/tiny_awq.py): 4-bit AWQ weights in AutoAWQ's
 layout and GELU input scales in [0.5, 2]; its reference is transformers' MPT holding the
 dequantized weights and computing gelu(x) / scales, the direct computation of the checkpoint.
 
@@ -34,8 +34,8 @@ import torch
 
 from server.engine.platform import CPU_WNA16_OP, cpu_kernel_build, cpu_op_available, quantization_refusal
 from tests.support.cpu_kinds import CPU_KINDS, avx2_only_variables, environment_for
-from tests.support.server import REPO_ROOT, refused_start_log, running_server
-from tests.support.tiny_awq import make_tiny_awq_mpt, reference_without_act_scales
+from harness.server import REPO_ROOT, refused_start_log, running_server
+from harness.tiny_awq import make_tiny_awq_mpt, reference_without_act_scales
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a land far away,"]
 CONTINUATION_TOKENS = 12
@@ -43,9 +43,9 @@ LOGPROB_ATOL = 0.15  # measured 0.051 (float16 weights and activations); without
 
 
 def tiny_awq_child(mode: str, directory, tokenizer_file, cpu_kind: str) -> dict[str, str]:
-    """Run tests/support/tiny_awq.py's `mode` in a child of `cpu_kind`: its result lines by tag."""
+    """Run harness/tiny_awq.py's `mode` in a child of `cpu_kind`: its result lines by tag."""
     run = subprocess.run(
-        [sys.executable, "-m", "tests.support.tiny_awq", mode, str(directory), str(tokenizer_file)],
+        [sys.executable, "-m", "harness.tiny_awq", mode, str(directory), str(tokenizer_file)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=environment_for(cpu_kind),
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]

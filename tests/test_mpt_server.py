@@ -1,6 +1,6 @@
 """Our vLLM MPT, served over HTTP, computes what transformers' MptForCausalLM computes.
 
-Each case is a tiny random MPT checkpoint (fp32) written by tests/support/tiny_mpt.py; the real
+Each case is a tiny random MPT checkpoint (fp32) written by harness/tiny_mpt.py; the real
 server serves it (`python -m server serve`, one server per case, the next case's starting while
 the current case's tests run)
 and `/v1/completions` must return transformers' greedy tokens, token for token for 32 tokens
@@ -25,8 +25,8 @@ import httpx
 import pytest
 
 from tests.support.golden_cases import GOLDEN_CASES
-from tests.support.server import RunningServer, launch_server, stop_server, wait_until_ready
-from tests.support.tiny_mpt import TinyMpt, build_reference, make_tiny_mpt, reference_greedy
+from harness.server import RunningServer, launch_server, stop_server, wait_until_ready
+from harness.tiny_mpt import TinyMpt, build_reference, make_tiny_mpt, reference_greedy
 
 MAX_TOKENS = 32
 LOGPROB_ATOL = 1e-3
@@ -56,7 +56,16 @@ CASES: dict[str, tuple[dict, tuple[str, ...], dict[str, str]]] = {
         ("--tensor-parallel-size", "2"),
         {"VLLM_CPU_OMP_THREADS_BIND": "0|1"},
     ),
+    # Compiled, as the server runs on GPUs (Inductor here, CUDA graphs there), where every case
+    # above runs eager: MosaicML's dialect with both options at tensor parallel 2 covers what
+    # test_first_run.py's compiled transformers-dialect model does not.
+    "compiled_mosaicml_dialect_tensor_parallel_2": (
+        {"dialect": "mosaicml", "n_heads": 6, "d_model": 384, "clip_qkv": 2.0, "qk_ln": True},
+        ("--tensor-parallel-size", "2"),
+        {"VLLM_CPU_OMP_THREADS_BIND": "0|1", "AIROBOROS_ENFORCE_EAGER": "false"},
+    ),
 }
+COMPILED = {case for case, (_, _, env) in CASES.items() if env.get("AIROBOROS_ENFORCE_EAGER") == "false"}
 
 
 @dataclass
@@ -68,6 +77,7 @@ class Reference:
 
 @dataclass
 class TinyCase:
+    case: str
     name: str
     directory: Path
     references: list[Reference]
@@ -99,7 +109,7 @@ def tiny(request, checkpoints) -> TinyCase:
     for prompt in PROMPTS:
         prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
         references.append(Reference(prompt_ids, *reference_greedy(model, prompt_ids, MAX_TOKENS)))
-    return TinyCase(checkpoint_name(case), directory, references)
+    return TinyCase(case, checkpoint_name(case), directory, references)
 
 
 class CaseServers:
@@ -192,6 +202,12 @@ def test_greedy_tokens_and_logprobs_match_transformers(tiny: TinyCase, served: R
         largest = max(largest, *differences)
     record_property("largest_logprob_difference", largest)
     print(f"{tiny.name}: largest logprob difference {largest:.2e}")
+    # The mode is the one the case names, in the engine configuration vLLM logs (on its CPU build
+    # "compiled" is torch.compile traced once by Dynamo and lowered by Inductor).
+    compiled = tiny.case in COMPILED
+    log = served.log_text()
+    assert f"enforce_eager={not compiled}" in log
+    assert ("'mode': <CompilationMode.NONE" in log) != compiled
 
 
 @pytest.mark.engine

@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 
 from server.ops.connections import ConnectionLimits, bounded_http_protocol
-from tests.support.server import free_port
+from harness.server import free_port
 
 HEADER_TIMEOUT_S = 0.8
 BODY_TIMEOUT_S = 1.2

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.support.load import describe, descendants, find_engine_core, wait_all_gone
-from tests.support.server import RunningServer, servers_started_together
-from tests.support.sse import SSEEvent
-from tests.support.streams import StreamRecord, read_stream
+from harness.load import describe, descendants, find_engine_core, wait_all_gone
+from harness.server import RunningServer, servers_started_together
+from harness.sse import SSEEvent
+from harness.streams import StreamRecord, read_stream
 
 pytestmark = pytest.mark.engine
 

@@ -27,7 +27,7 @@ import pytest
 
 from tests.support.fake_engine import FakeAsyncLLM
 from tests.support.inprocess import InProcessServer, serving_fake
-from tests.support.load import metric_value, parse_sse_line, wait_for_metric
+from harness.load import metric_value, parse_sse_line, wait_for_metric
 
 ENV_KEY = "sk-ops-env-0123456789"
 FILE_KEY = "sk-ops-file-9876543210"

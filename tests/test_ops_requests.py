@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from tests.support.load import metric_families, metric_value, parse_sse_line, scrape, wait_for_metric
+from harness.load import metric_families, metric_value, parse_sse_line, scrape, wait_for_metric
 
 engine = pytest.mark.engine
 

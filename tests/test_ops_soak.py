@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from tests.support.load import LoadGenerator, find_engine_core, metric_value, rss_bytes, scrape, wait_for_metric
+from harness.load import LoadGenerator, find_engine_core, metric_value, rss_bytes, scrape, wait_for_metric
 
 pytestmark = pytest.mark.engine
 

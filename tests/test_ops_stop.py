@@ -34,8 +34,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.load import SSEEvent, alive, describe, descendants, parse_sse_line, wait_all_gone
-from tests.support.server import RunningServer, servers_started_together
+from harness.load import SSEEvent, alive, describe, descendants, parse_sse_line, wait_all_gone
+from harness.server import RunningServer, servers_started_together
 
 pytestmark = pytest.mark.engine
 

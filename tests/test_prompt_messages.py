@@ -62,16 +62,16 @@ def test_developer_after_the_conversation_began_is_misplaced(fmt):
 # --- R5: roles ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("role", ["tool", "function", "ipython", "User"])
+@pytest.mark.parametrize("role", ["function", "ipython", "User"])
 def test_unknown_role_is_refused_with_the_role_quoted(fmt, role):
     error = render_error(fmt, [user("Hi"), {"role": role, "content": "x"}, user("Go on")])
     assert (error.code, error.param) == ("unsupported_role", "messages")
     assert repr(role) in error.message
 
 
-def test_assistant_tool_calls_are_refused_not_dropped(fmt):
-    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    messages = [user("Hi"), {"role": "assistant", "content": None, "tool_calls": [call]}, user("?")]
+def test_a_legacy_function_call_is_refused_not_dropped(fmt):
+    # tool_calls are rendered (test_prompt_tools.py); the legacy form is refused, never dropped.
+    messages = [user("Hi"), {"role": "assistant", "content": None, "function_call": {"name": "f"}}, user("?")]
     assert render_error(fmt, messages).code == "unsupported_tool_calls"
 
 
@@ -179,9 +179,9 @@ def test_name_field_is_ignored(fmt):
 
 
 def test_per_message_error_wins_over_ordering_error(fmt):
-    # Ends on a tool message (also not a user message): the role is what is reported.
-    error = render_error(fmt, [user("Hi"), {"role": "tool", "content": "42"}])
-    assert error.code == "unsupported_role"
+    # A tool message answering no call, then an assistant start: the tool message is reported.
+    error = render_error(fmt, [user("Hi"), {"role": "tool", "content": "42"}, {"role": "assistant", "content": "x"}])
+    assert error.code == "unexpected_tool_message"
 
 
 # --- R12: plainformat ---------------------------------------------------------------------

@@ -23,7 +23,7 @@ from server.cli import ENVIRONMENT_ONLY
 from server.engine.args import DEFAULT_CPU_KV_CACHE_GIB
 from server.settings import Settings
 from tests.support.app import build_app
-from tests.support.server import REPO_ROOT
+from harness.server import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
 

@@ -85,16 +85,43 @@ def test_truncation_auto_is_the_fit_history_policy_unless_history_is_given():
         ({"previous_response_id": "resp_1"}, "previous_response_id"),
         ({"conversation": "conv_1"}, "conversation"),
         ({"background": True}, "background"),
-        ({"tools": [{"type": "function", "name": "f"}]}, "tools"),
-        ({"tool_choice": "required"}, "tool_choice"),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input"),
         ({"input": [{"content": "no role"}]}, "input"),
     ],
 )
-def test_what_needs_state_or_tools_is_a_400_naming_the_field(fields, param):
+def test_what_needs_state_is_a_400_naming_the_field(fields, param):
+    # Tools are checked by the chat route's rendering: tests/test_tools_api.py.
     with pytest.raises(APIError) as caught:
         chat_request(**{"input": "Hi", **fields})
     assert (caught.value.status, caught.value.param) == (400, param)
+
+
+def test_function_calls_and_their_outputs_become_tool_calls_and_tool_messages():
+    request = chat_request(
+        input=[
+            {"role": "user", "content": "Weather?"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+            {"type": "function_call", "call_id": "call_2", "name": "now", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+            {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "noon"}]},
+        ],
+        tools=[{"type": "function", "name": "get_weather", "description": "d", "parameters": {"type": "object"}, "strict": True}],
+        tool_choice={"type": "function", "name": "get_weather"},
+        parallel_tool_calls=False,
+    )
+    dumped = [message.model_dump(exclude_none=True) for message in request.messages]
+    assert dumped[1:] == [
+        {"role": "assistant", "content": [{"type": "text", "text": "Checking."}], "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            {"id": "call_2", "type": "function", "function": {"name": "now", "arguments": "{}"}},
+        ]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "noon"},
+    ]
+    assert request.tools == [{"type": "function", "function": {"name": "get_weather", "description": "d", "parameters": {"type": "object"}}}]
+    assert request.tool_choice == {"type": "function", "name": "get_weather"}
+    assert request.parallel_tool_calls is False
 
 
 def test_store_false_and_empty_tools_are_fine():
@@ -278,3 +305,24 @@ def test_an_unknown_after_is_a_400():
     with pytest.raises(APIError) as caught:
         input_items_page([{"id": "msg_0"}], after="msg_nope", limit=20, order="desc")
     assert (caught.value.status, caught.value.param) == (400, "after")
+
+
+def test_a_chain_carries_function_calls_and_their_outputs():
+    call = {"id": "fc_1", "type": "function_call", "status": "completed", "call_id": "call_1",
+            "name": "get_weather", "arguments": '{"city": "Paris"}'}
+    turn = StoredResponse(
+        id="resp_1", previous_id=None, created_at=0.0, status="completed",
+        response={"id": "resp_1", "output": [call]},
+        input_items=stored_input_items(ResponsesRequest(model="m", input="Weather in Paris?")),
+    )
+    follow_up = ResponsesRequest(
+        model="m", previous_response_id="resp_1",
+        input=[{"type": "function_call_output", "call_id": "call_1", "output": "Sunny"}],
+    )
+    stored_follow_up = stored_input_items(follow_up)
+    assert stored_follow_up[0]["type"] == "function_call_output" and stored_follow_up[0]["id"].startswith("fco_")
+    service = ResponsesService(chat=None, stored=StoredResponses(archive=object()))
+    messages = [m.model_dump(exclude_none=True) for m in service.chat_request(follow_up, chain_items(Chain([turn]))).messages]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    assert messages[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert (messages[2]["tool_call_id"], messages[2]["content"]) == ("call_1", "Sunny")

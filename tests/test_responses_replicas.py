@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.fake_serve import FAKE_MODEL, fake_serve_command
 from tests.support.postgres import postgres_cluster
-from tests.support.server import child_environment, free_port, start_process, stop_server, wait_until_ready
+from harness.server import child_environment, free_port, start_process, stop_server, wait_until_ready
 
 
 @pytest.fixture(scope="module")

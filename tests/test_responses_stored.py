@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support.server import launch_server, stop_server
+from harness.server import launch_server, stop_server
 
 pytestmark = pytest.mark.engine
 

@@ -1,13 +1,14 @@
 """The house rules of server/ that a grep can check: where vLLM is imported, where the process
 environment is written, that sse-starlette is used through its public API only, that routes hold
-no `assert`, and that the shipped package needs nothing of the checkout (tests/, bench/)."""
+no `assert`, that the shipped package needs nothing of the checkout (tests/, bench/), and that
+what the server knows about MPT is a leaf the other packages import."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-from tests.support.server import REPO_ROOT
+from harness.server import REPO_ROOT
 
 SERVER = REPO_ROOT / "server"
 VLLM_PACKAGES = ("server/engine/", "server/models/")
@@ -101,3 +102,43 @@ def test_the_shipped_package_imports_nothing_of_the_checkout():
             offenders.setdefault(path, []).extend(
                 f"line {node.lineno}: {name}" for name in names if name.split(".")[0] in CHECKOUT_ONLY)
     assert {path: found for path, found in offenders.items() if found} == {}
+
+
+def _server_packages_imported(tree: ast.Module) -> set[str]:
+    """The server packages (`server.X`) a module imports, at any depth of the file."""
+    return {name.split(".")[1] for name in _imported_modules(tree) if name.startswith("server.") and name.count(".") >= 1}
+
+
+def test_the_mpt_leaf_imports_no_other_server_package_and_its_readers_import_it():
+    leaf = {path: _server_packages_imported(tree) - {"mpt"} for path, tree in _modules() if path.startswith("server/mpt/")}
+    assert leaf and {path: names for path, names in leaf.items() if names} == {}
+    readers = {path.split("/")[1] for path, tree in _modules() if "mpt" in _server_packages_imported(tree)}
+    assert {"engine", "models", "gpu", "settings.py"} <= readers, readers
+
+
+def _package_table() -> dict[str, set[str]]:
+    """server/README.md's package table: package → the names in its imports column."""
+    rows = {}
+    for line in (SERVER / "README.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[0].endswith("/`"):
+            rows[cells[0].strip("`/")] = {name.strip().lower() for name in cells[2].split(",") if name.strip()}
+    return rows
+
+
+def test_the_package_table_lists_every_package_with_what_it_imports():
+    table = _package_table()
+    packages = {path.name for path in SERVER.iterdir() if (path / "__init__.py").is_file()}
+    assert set(table) == packages
+    actual: dict[str, set[str]] = {package: set() for package in packages}
+    for path, tree in _modules():
+        package = path.split("/")[1]
+        if package not in packages:
+            continue  # a top-level module
+        for name in _imported_modules(tree):
+            parts = name.split(".")
+            if parts[0] == "server" and len(parts) > 1 and parts[1] in packages and parts[1] != package:
+                actual[package].add(parts[1])
+            elif parts[0] in {"vllm", "prompt_formats"}:
+                actual[package].add(parts[0])
+    assert table == actual

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.support.chat_terminal import answer_under_way, chat_terminal, last_answer, prompt_count, send_and_wait
-from tests.support.load import metric_value, scrape, wait_for_metric
+from harness.load import metric_value, scrape, wait_for_metric
 
 pytestmark = pytest.mark.engine
 

@@ -239,7 +239,7 @@ def test_the_readme_documents_every_chat_flag_and_command():
     import argparse
 
     from server.terminal.options import add_chat_arguments
-    from tests.support.server import REPO_ROOT
+    from harness.server import REPO_ROOT
 
     readme = (REPO_ROOT / "README.md").read_text()
     section = readme[readme.index("## Terminal chat"):readme.index("## Serving airoboros-mpt-30b")]

@@ -17,7 +17,7 @@ from server.terminal.commands import parse_line
 from server.terminal.session import Session
 from tests.support.chat_terminal import chat_terminal, prompt_count
 from tests.support.loading_server import loading_server
-from tests.support.server import free_port
+from harness.server import free_port
 
 KEY = "sk-chat-test-0123456789"
 EXIT_TIMEOUT_S = 60.0

@@ -16,7 +16,7 @@ from server.ops.runner import uvicorn_config
 from server.settings import Settings
 from tests.support.app import build_app
 from tests.support.certificates import Certificates, make_certificates
-from tests.support.server import REPO_ROOT, running_server
+from harness.server import REPO_ROOT, running_server
 
 API_KEY = "tls-test-key"
 ALLOWED_ORIGIN = "https://chat.example.com"

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from prompt_formats import ContextLengthExceeded, FittedPrompt, PromptFormat, PromptFormatError
 
 from server.api.protocol import ChatCompletionRequest, RenderResponse
+from server.api.tool_calls import ToolPlan, tool_plan
 from server.api.validation import check_n, context_length_error
 from server.engine import Engine
-from server.engine.sampling import build_sampling_params
+from server.engine.sampling import SchemaNotCompiled, build_sampling_params, compact_json_grammar
 from server.errors import invalid_request
 from server.generation import EnginePrompt, PreparedGeneration
 from server.settings import Settings
@@ -29,6 +30,29 @@ logger = logging.getLogger(__name__)
 class RenderedChat:
     fitted: FittedPrompt
     token_ids: list[int]
+    tools: ToolPlan
+
+
+def tools_grammar(plan: ToolPlan) -> str | None:
+    """The grammar the answer is held to, or None for free text; a 400 naming the tool whose
+    parameters the engine cannot compile, before the request is admitted."""
+    if plan.schema is None:
+        return None
+    try:
+        return compact_json_grammar(plan.schema)
+    except SchemaNotCompiled as error:
+        for tool in plan.allowed:
+            try:
+                compact_json_grammar(tool.parameters)
+            except SchemaNotCompiled as tool_error:
+                raise invalid_request(
+                    f"The parameters of tool {tool.name!r} are a JSON schema the engine cannot compile: "
+                    f"{tool_error.reason}.", param="tools", code="invalid_tool_schema",
+                ) from None
+        raise invalid_request(
+            f"The tools' schemas cannot be compiled together: {error.reason}.", param="tools",
+            code="invalid_tool_schema",
+        ) from None
 
 
 class ChatService:
@@ -55,11 +79,6 @@ class ChatService:
 
     def render(self, request: ChatCompletionRequest, engine: Engine) -> RenderedChat:
         """The prompt and its token ids within the context, after the history policy."""
-        if request.tools and request.tool_choice != "none":
-            raise invalid_request(
-                "This model does not support tool calls; remove `tools` or set tool_choice to 'none'.",
-                param="tools", code="tools_not_supported",
-            )
         info = engine.info
         asked = request.requested_max_tokens
         bos = [info.bos_token_id] if self.settings.add_bos and info.bos_token_id is not None else []
@@ -68,6 +87,7 @@ class ChatService:
         messages = [message.model_dump(exclude_none=True) for message in request.messages]
         documents = [doc.model_dump() for doc in request.documents] if request.documents is not None else None
         try:
+            tools = tool_plan(request.tools, request.tool_choice, request.parallel_tool_calls)
             fitted = self.format.render_fitted(
                 messages,
                 tokenize=self._tokenizer(engine),
@@ -76,6 +96,7 @@ class ChatService:
                 documents=documents,
                 plainformat=request.plainformat,
                 continue_final_message=request.continue_final_message,
+                tools=tools.shown,
             )
         except ContextLengthExceeded as error:
             raise context_length_error(
@@ -84,7 +105,7 @@ class ChatService:
             ) from error
         except PromptFormatError as error:
             raise invalid_request(error.message, param=error.param, code=error.code) from error
-        return RenderedChat(fitted, bos + list(fitted.token_ids))
+        return RenderedChat(fitted, bos + list(fitted.token_ids), tools)
 
     def render_response(self, request: ChatCompletionRequest, engine: Engine) -> RenderResponse:
         rendered = self.render(request, engine)
@@ -99,24 +120,34 @@ class ChatService:
     def prepare(self, request: ChatCompletionRequest, engine: Engine) -> PreparedGeneration:
         check_n(request.n, self.settings)
         rendered = self.render(request, engine)
+        grammar = tools_grammar(rendered.tools)
         room = engine.info.max_model_len - len(rendered.token_ids)
         response_format = request.response_format
+        if grammar is not None and response_format is not None and response_format.type != "text":
+            raise invalid_request(
+                "response_format and tool calls both constrain the answer: send one of them "
+                "(or tool_choice 'none').", param="response_format",
+            )
         params = build_sampling_params(
             request,
             info=engine.info,
             max_tokens=request.requested_max_tokens or min(self.settings.default_max_tokens, room),
-            stops=self.format.stops(request.stop),
+            # The grammar ends a tool answer; a stop string inside its JSON would cut it.
+            stops=self.format.stops(request.stop) if grammar is None else [],
             stream=request.stream,
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
             json_schema=response_format.schema_dict if response_format else None,
             json_object=bool(response_format and response_format.type == "json_object"),
+            grammar=grammar,
         )
         continuation = request.continue_final_message
         return PreparedGeneration(
             prompts=[EnginePrompt(rendered.token_ids, rendered.fitted.prompt, params)],
             n=request.n,
-            shaper=lambda: self.format.output_shaper(continuation=continuation),
+            # A tool answer is JSON, read by the encoder's `ChoiceCalls`, not prose to shape.
+            shaper=(lambda: self.format.output_shaper(continuation=continuation)) if grammar is None else None,
             stop_strings=tuple(self.format.stop_strings),
             dropped_messages=rendered.fitted.dropped_messages,
             headers={DROPPED_MESSAGES_HEADER: str(rendered.fitted.dropped_messages)},
+            tool_choice=rendered.tools.choice.mode if grammar is not None else None,
         )

@@ -57,6 +57,8 @@ def route_label(path: str) -> str:
     # Bounded label values: known API paths as they are, everything else one bucket.
     if path.startswith("/v1/models/"):
         return "/v1/models/{id}"
+    if path == "/v1/responses/render":
+        return path
     if path.startswith("/v1/responses/"):
         return "/v1/responses/{id}"
     if path.startswith(("/v1/", "/health", "/metrics", "/version")) or path in GUARDED_ROOT_PATHS:

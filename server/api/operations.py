@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from server import __version__
 from server.api.context import server_state
 from server.api.schemas import API_ERRORS, Health, ModelCard, ModelList, VersionInfo
+from server.ops.load_report import GateAwareRegistry
 from server.ops.state import ServerState
 
 router = APIRouter()
@@ -71,7 +72,10 @@ async def health_ready(request: Request) -> JSONResponse:
 )
 async def metrics(request: Request) -> Response:
     # The app's own registry: in production the default one, which holds vLLM's series too.
-    return Response(generate_latest(server_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    state = server_state(request)
+    # vLLM's waiting series counts the requests waiting in our admission gate too (ops/load_report.py).
+    page = generate_latest(GateAwareRegistry(state.metrics.registry, state.admission))
+    return Response(page, media_type=CONTENT_TYPE_LATEST)
 
 
 def _engine_version() -> str:

@@ -86,6 +86,9 @@ class SamplingFields(_Request):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    # OpenAI's cache-routing hint: unused by the engine, repeated by the render routes for a
+    # router that groups requests by it (api/render.py).
+    prompt_cache_key: str | None = Field(None, max_length=1024)
     # Extensions (vLLM's names).
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
@@ -126,8 +129,13 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Union[str, dict[str, Any], None] = None
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="Function tools; the answer is held to their parameters' JSON schemas."
+    )
+    tool_choice: Union[str, dict[str, Any], None] = Field(
+        None, description="none, auto (default with tools), required, or {type: function, function: {name}}."
+    )
+    parallel_tool_calls: bool = True
     # Prompt extensions (prompt-format.md).
     documents: list[Document] | None = None
     plainformat: bool = False

@@ -7,9 +7,14 @@ the result to `ChatService.prepare`, so the airoboros prompt, the history policy
 stops, constrained decoding and output shaping are the chat route's, not a copy of them. Errors
 name the Responses API's fields (`input`, not `messages`).
 
+Function tools are the chat route's too: `tools` (the Responses API's flat shape) become chat
+tools, `function_call` input items an assistant message's `tool_calls` (merged into the assistant
+message before them), `function_call_output` items `tool` messages. Built-in tools (web search,
+file search, computer use...) are a 400 naming the type.
+
 With a responses store (`server.api.stored_responses`), `previous_response_id` puts the stored
-chain before the new input, rendered exactly as the same history sent to chat. What needs a
-store that is off, background work or tools is refused with a 400 naming the field.
+chain (messages and function call items alike) before the new input, rendered exactly as the
+same history sent to chat. What needs a store that is off is refused with a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from server.api.background import BackgroundResponses
 from server.api.chat import ChatService
 from server.api.protocol import ChatCompletionRequest
 from server.api.responses_protocol import ResponseInputItem, ResponsesRequest
-from server.api.background import BackgroundResponses
 from server.api.stored_responses import StoredResponses
 from server.engine import Engine
 from server.errors import APIError, invalid_request
@@ -47,7 +52,7 @@ def _unsupported(message: str, param: str) -> APIError:
 
 
 def refuse_unsupported(request: ResponsesRequest, store_on: bool) -> None:
-    """A 400 for what needs a store that is off, a Conversations API, background work, or tools."""
+    """A 400 for what needs a store that is off, a Conversations API, or a background stream."""
     if request.store and not store_on:
         raise _unsupported(
             "store: true is not available: this server's responses store is off (--responses-store none); "
@@ -83,23 +88,49 @@ def refuse_unsupported(request: ResponsesRequest, store_on: bool) -> None:
             "GET /v1/responses/{id}.",
             "stream",
         )
-    if request.tools:
-        raise invalid_request(
-            "This model does not support tools; remove `tools`.", param="tools", code="tools_not_supported"
-        )
-    if request.tool_choice not in (None, "none", "auto"):
-        raise invalid_request(
-            "This model does not support tools; tool_choice may only be 'none' or 'auto'.",
-            param="tool_choice", code="tools_not_supported",
-        )
+
+
+def chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """A Responses API tool in chat's shape; others keep theirs, for chat to refuse by type."""
+    if tool.get("type") != "function":
+        return tool
+    function = {key: tool[key] for key in ("name", "description", "parameters") if key in tool}
+    return {"type": "function", "function": function}
+
+
+def _text_of(output: Any) -> Any:
+    """A `function_call_output`'s output: a string, or its text parts joined."""
+    if isinstance(output, list):
+        return "\n".join(part.get("text", "") for part in output if isinstance(part, dict))
+    return output
+
+
+def add_input_item(messages: list[dict[str, Any]], position: int, item: ResponseInputItem) -> None:
+    """One `input` item onto the chat messages."""
+    extra = item.model_extra or {}
+    if item.type == "function_call":
+        call = {
+            "id": extra.get("call_id"), "type": "function",
+            "function": {"name": extra.get("name"), "arguments": extra.get("arguments", "{}")},
+        }
+        last = messages[-1] if messages else None
+        if last is not None and last["role"] == "assistant":
+            last.setdefault("tool_calls", []).append(call)
+        else:
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        return
+    if item.type == "function_call_output":
+        messages.append({"role": "tool", "tool_call_id": extra.get("call_id"), "content": _text_of(extra.get("output"))})
+        return
+    messages.append(input_message(position, item))
 
 
 def input_message(position: int, item: ResponseInputItem) -> dict[str, Any]:
-    """One `input` item as a chat message; text parts become chat `text` parts."""
+    """One message `input` item as a chat message; text parts become chat `text` parts."""
     if item.type != "message":
         raise invalid_request(
-            f"input[{position}] has type {item.type!r}: only message items are accepted "
-            "(this server has no tools and no item references).",
+            f"input[{position}] has type {item.type!r}: only message, function_call and "
+            "function_call_output items are accepted (no item references).",
             param="input", code="unsupported_input_item",
         )
     if item.role is None:
@@ -146,11 +177,13 @@ class ResponsesService:
         messages: list[dict[str, Any]] = []
         if request.instructions is not None:
             messages.append({"role": "system", "content": request.instructions})
-        messages.extend(input_message(position, item) for position, item in enumerate(history))
+        for position, item in enumerate(history):
+            add_input_item(messages, position, item)
         if isinstance(request.input, str):
             messages.append({"role": "user", "content": request.input})
         else:
-            messages.extend(input_message(position, item) for position, item in enumerate(request.input))
+            for position, item in enumerate(request.input):
+                add_input_item(messages, position, item)
         text_format = request.text.format if request.text is not None else None
         history = request.history or ("fit" if request.truncation == "auto" else "error")
         try:
@@ -167,6 +200,10 @@ class ResponsesService:
                 plainformat=request.plainformat,
                 history=history,
                 user=request.user,
+                tools=[chat_tool(tool) for tool in request.tools] if request.tools else None,
+                tool_choice=request.tool_choice,
+                parallel_tool_calls=True if request.parallel_tool_calls is None else request.parallel_tool_calls,
+                prompt_cache_key=request.prompt_cache_key,
             )
         except ValidationError as error:
             first = error.errors()[0]
@@ -192,7 +229,7 @@ class ResponsesService:
             "top_p": request.top_p,
             "text": {"format": text_format.echo() if text_format is not None else {"type": "text"}},
             "tool_choice": request.tool_choice or "auto",
-            "tools": [],
+            "tools": request.tools or [],
             "parallel_tool_calls": True if request.parallel_tool_calls is None else request.parallel_tool_calls,
             "metadata": request.metadata or {},
             "store": self.stored.will_store(request),

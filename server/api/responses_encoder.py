@@ -13,6 +13,15 @@ The stream, each event with the next `sequence_number` (from 0), no `[DONE]`:
                                                     (`response.incomplete` when it hit the limit)
 
 A failure after the stream started ends it with an `error` event instead.
+
+With tools (`tool_choice` set) nothing is known to be a message or a call until the model writes
+it: after `response.in_progress`, an `auto` text answer opens the message as above, and each call
+is its own `function_call` item (`call_id`, `name`, `arguments`):
+
+    response.output_item.added                      the call, `in_progress`, arguments ""
+    response.function_call_arguments.delta ...      fragments that join to the arguments' JSON
+    response.function_call_arguments.done           the whole arguments
+    response.output_item.done                       the call, `completed`
 """
 
 from __future__ import annotations
@@ -22,7 +31,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.api.encoding import client_error, dumps, encode_json_string, event_frame
+from prompt_formats import AnswerDelta, CallStarted
+from prompt_formats.tool_output import Event
 from server.api.sse import KEEPALIVE_FRAME
+from server.api.tool_calls import ChoiceCalls
 from server.generation import FinalChoice, Outcome
 
 TEXT_DELTA = "response.output_text.delta"
@@ -45,12 +57,24 @@ def responses_usage(outcome: Outcome) -> dict[str, Any]:
     }
 
 
-class ResponsesEncoder:
-    plain_deltas = True
+def function_call(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "function_call", "status": status, "call_id": call_id, "name": name,
+            "arguments": arguments}
 
-    def __init__(self, *, response_id: str, model: str, outcome: Outcome, echo: dict[str, Any]) -> None:
+
+class ResponsesEncoder:
+    def __init__(
+        self, *, response_id: str, model: str, outcome: Outcome, echo: dict[str, Any], tool_choice: str | None = None
+    ) -> None:
+        # Item ids derive from the response's own id (unique, unlike a client's X-Request-Id).
+        self.request_id = response_id.removeprefix("resp_")
+        self.tool_choice = tool_choice
+        self._calls = ChoiceCalls() if tool_choice is not None else None
+        self.plain_deltas = self._calls is None
+        self._message_open = False
+        self._call_open: int | None = None  # the call whose item is streaming
         self.id = response_id
-        self.item_id = "msg_" + response_id.removeprefix("resp_")
+        self.item_id = f"msg_{self.request_id}"
         self.model = model
         self.outcome = outcome
         self.echo = echo  # the request's settings, repeated in every response object
@@ -94,9 +118,26 @@ class ResponsesEncoder:
             response["usage"] = usage
         return response
 
-    def final_response(self, text: str) -> dict[str, Any]:
+    def _call_item_id(self, index: int) -> str:
+        return f"fc_{self.request_id}_{index}"
+
+    def _call_item(self, index: int, status: str) -> dict[str, Any]:
+        call_id, name, arguments = self._calls.calls()[index]
+        return function_call(self._call_item_id(index), call_id, name, arguments, status)
+
+    def _output(self, text: str) -> list[dict[str, Any]]:
         status = self.status
-        self.final = self.response(status, [self.message(status, text)], responses_usage(self.outcome))
+        if self._calls is None:
+            return [self.message(status, text)]
+        output = [] if self._calls.answer is None else [self.message(status, self._calls.answer)]
+        calls = self._calls.calls()
+        output += [
+            self._call_item(index, "completed" if self._calls.complete(index) else status) for index in range(len(calls))
+        ]
+        return output
+
+    def final_response(self, text: str) -> dict[str, Any]:
+        self.final = self.response(self.status, self._output(text), responses_usage(self.outcome))
         return self.final
 
     # --- streaming ------------------------------------------------------------------------
@@ -108,13 +149,66 @@ class ResponsesEncoder:
 
     def open(self) -> str:
         started = self.response("in_progress", [], None)
-        return (
+        frames = (
             KEEPALIVE_FRAME
             + self.event("response.created", {"response": started})
             + self.event("response.in_progress", {"response": started})
-            + self.event("response.output_item.added", {"output_index": 0, "item": self.message("in_progress", None)})
+        )
+        return frames if self._calls is not None else frames + self._open_message()
+
+    def _open_message(self) -> str:
+        self._message_open = True
+        return (
+            self.event("response.output_item.added", {"output_index": 0, "item": self.message("in_progress", None)})
             + self.event("response.content_part.added", {**self._text_position(), "part": output_text("")})
         )
+
+    def _close_message(self) -> str:
+        if not self._message_open:
+            return ""
+        self._message_open = False
+        whole = "".join(self._parts)
+        position = self._text_position()
+        return (
+            self.event("response.output_text.done", {**position, "text": whole, "logprobs": []})
+            + self.event("response.content_part.done", {**position, "part": output_text(whole)})
+            + self.event("response.output_item.done", {"output_index": 0, "item": self.message(self.status, whole)})
+        )
+
+    # --- tool answers ---------------------------------------------------------------------------
+
+    def _tool_event_frames(self, event: Event) -> str:
+        if isinstance(event, AnswerDelta):  # an `auto` answer: the only output, at index 0
+            return ("" if self._message_open else self._open_message()) + self.content(0, event.text)
+        if isinstance(event, CallStarted):
+            frames = self._close_call()
+            self._call_open = event.index
+            item = function_call(self._call_item_id(event.index), self._calls.ids[event.index], event.name, "", "in_progress")
+            return frames + self.event("response.output_item.added", {"output_index": event.index, "item": item})
+        return self.event(
+            "response.function_call_arguments.delta",
+            {"item_id": self._call_item_id(event.index), "output_index": event.index, "delta": event.text},
+        )
+
+    def _close_call(self) -> str:
+        if self._call_open is None:
+            return ""
+        index, self._call_open = self._call_open, None
+        _, name, arguments = self._calls.calls()[index]
+        position = {"item_id": self._call_item_id(index), "output_index": index}
+        return (
+            self.event("response.function_call_arguments.done", {**position, "name": name, "arguments": arguments})
+            + self.event("response.output_item.done", {"output_index": index, "item": self._call_item(
+                index, "completed" if self._calls.complete(index) else self.status)})
+        )
+
+    def _tool_frames(self, text: str, completion: Any) -> str:
+        frames = "".join(self._tool_event_frames(event) for event in self._calls.feed(text))
+        if completion.finish_reason is None:
+            return frames
+        self._finish_reason = completion.finish_reason
+        self.outcome.record_tool_calls(self.tool_choice, len(self._calls.calls()))
+        return frames + self._close_message() + self._close_call()
 
     def content(self, index: int, text: str) -> str:
         self._parts.append(text)
@@ -123,18 +217,13 @@ class ResponsesEncoder:
         return f'{self._delta_prefix}{encode_json_string(text)},"sequence_number":{sequence}}}\n\n'
 
     def choice(self, index: int, text: str, completion: Any, output: Any) -> str:
+        if self._calls is not None:
+            return self._tool_frames(text, completion)
         frames = self.content(index, text) if text else ""
         if completion.finish_reason is None:
             return frames
         self._finish_reason = completion.finish_reason
-        whole = "".join(self._parts)
-        position = self._text_position()
-        return (
-            frames
-            + self.event("response.output_text.done", {**position, "text": whole, "logprobs": []})
-            + self.event("response.content_part.done", {**position, "part": output_text(whole)})
-            + self.event("response.output_item.done", {"output_index": 0, "item": self.message(self.status, whole)})
-        )
+        return frames + self._close_message()
 
     def close(self) -> str:
         final = self.final_response("".join(self._parts))
@@ -152,4 +241,7 @@ class ResponsesEncoder:
     def body(self, choices: Sequence[FinalChoice]) -> dict[str, Any]:
         (choice,) = choices
         self._finish_reason = choice.completion.finish_reason
+        if self._calls is not None:
+            self._calls.feed(choice.text)
+            self.outcome.record_tool_calls(self.tool_choice, len(self._calls.calls()))
         return self.final_response(choice.text)

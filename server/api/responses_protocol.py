@@ -4,9 +4,9 @@ Beside `protocol.py` because the Responses API shapes its request differently fr
 (`input` items, `instructions`, `text.format`, `max_output_tokens`); `ResponsesService` turns it
 into a chat request, so everything after that is the chat route's own path.
 
-`store` and `previous_response_id` use the responses store (`server.store`); `conversation`,
-`background` and `tools` are accepted by the schema and refused by the service with a 400
-naming the field, so a client learns exactly what this server does not do.
+`store`, `previous_response_id` and `background` use the responses store (`server.store`);
+`conversation` and built-in tools are accepted by the schema and refused by the service with a
+400 naming the field or tool type, so a client learns exactly what this server does not do.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from server.api.protocol import ContentPart, Document, JsonSchemaFormat, Respons
 
 
 class ResponseInputItem(BaseModel):
-    """One `input` item. Only `message` items (the default type) exist here; others (tool calls
-    and their outputs, item references, reasoning) are refused by the service."""
+    """One `input` item: a `message` (the default type), a `function_call` (`call_id`, `name`,
+    `arguments`) or a `function_call_output` (`call_id`, `output`); others (item references,
+    reasoning) are refused by the service."""
 
     model_config = ConfigDict(extra="allow")
     type: str = "message"
@@ -82,10 +83,15 @@ class ResponsesRequest(BaseModel):
     # Accepted and repeated in the response.
     metadata: dict[str, str] | None = None
     user: str | None = None
+    # OpenAI's cache-routing hint, as on chat: repeated by the render route.
+    prompt_cache_key: str | None = Field(None, max_length=1024)
     tool_choice: Union[str, dict[str, Any], None] = None
     parallel_tool_calls: bool | None = None
     truncation: Literal["auto", "disabled"] | None = Field(
         None, description="`auto` drops the oldest turns to fit the context (`history: fit`)."
+    )
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="Function tools (`{type: function, name, parameters}`); built-in tools are refused."
     )
     store: bool | None = Field(
         None, description="Keep the response (default true, as OpenAI; a 400 when the store is off)."
@@ -93,10 +99,9 @@ class ResponsesRequest(BaseModel):
     previous_response_id: str | None = Field(
         None, max_length=128, description="A stored response this one continues: its chain is the history."
     )
-    # Refused (400): no Conversations API, no background work, no tools on this model.
+    background: bool | None = Field(None, description="Answer at once and run in the server; poll with GET.")
+    # Refused (400): no Conversations API.
     conversation: Union[str, dict[str, Any], None] = None
-    background: bool | None = None
-    tools: list[dict[str, Any]] | None = None
     # Sampling extensions, as on chat (vLLM's names).
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     top_k: int | None = Field(None, ge=-1)

@@ -50,6 +50,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             request_id=outcome.request_id, model=engine.info.served_name, n=body.n, outcome=outcome,
             token_text=engine.token_text, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
             include_usage=_include_usage(body), continuous_usage=_continuous_usage(body),
+            tool_choice=prepared.tool_choice,
         ),
         stream=body.stream,
         prompt=prepared.prompts[0].text,
@@ -100,7 +101,10 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
 
     def make_encoder(outcome: Outcome) -> ResponsesEncoder:
         encoders.append(
-            ResponsesEncoder(response_id=response_id, model=engine.info.served_name, outcome=outcome, echo=echo)
+            ResponsesEncoder(
+                response_id=response_id, model=engine.info.served_name, outcome=outcome, echo=echo,
+                tool_choice=prepared.tool_choice,
+            )
         )
         return encoders[0]
 

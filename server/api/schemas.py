@@ -35,10 +35,22 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails
 
 
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str  # JSON valid against the tool's parameters
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: ToolCallFunction
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"]
     content: str | None
     refusal: None = None
+    tool_calls: list[ToolCall] | None = None  # present when the model called tools
 
 
 class ChatChoice(BaseModel):
@@ -90,6 +102,15 @@ class ResponseOutputMessage(BaseModel):
     content: list[ResponseOutputText]
 
 
+class ResponseFunctionCall(BaseModel):
+    id: str
+    type: Literal["function_call"]
+    status: Literal["in_progress", "completed", "incomplete"]
+    call_id: str
+    name: str
+    arguments: str
+
+
 class ResponseInputTokensDetails(BaseModel):
     cached_tokens: int
     cache_write_tokens: int
@@ -122,7 +143,7 @@ class ResponseObject(BaseModel):
     error: dict[str, Any] | None
     incomplete_details: ResponseIncompleteDetails | None
     model: str
-    output: list[ResponseOutputMessage]
+    output: list[ResponseOutputMessage | ResponseFunctionCall]
     usage: ResponseUsage | None = None  # absent while in progress
     instructions: str | None
     max_output_tokens: int | None
@@ -221,7 +242,9 @@ RESPONSE_EVENT_STREAM = (
     "SSE: typed events, `event: <type>` then `data: <event JSON>` with its `sequence_number`: "
     "response.created, response.in_progress, response.output_item.added, response.content_part.added, "
     "response.output_text.delta..., response.output_text.done, response.content_part.done, "
-    "response.output_item.done, response.completed (or response.incomplete); an `error` event on a "
+    "response.output_item.done, response.completed (or response.incomplete); a tool call is its own "
+    "item: response.output_item.added, response.function_call_arguments.delta..., "
+    "response.function_call_arguments.done, response.output_item.done; an `error` event on a "
     "failure; no [DONE]; `: keep-alive` comments between."
 )
 

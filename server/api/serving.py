@@ -19,6 +19,7 @@ from server.api.encoding import api_error_for, client_error
 from server.api.sse import sse_response
 from server.engine import Engine
 from server.generation import ChoiceEncoder, Generation, Outcome, PreparedGeneration
+from server.ops.load_report import FORMAT_HEADER, orca_header
 from server.ops.state import ServerState
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away before the answer
@@ -93,6 +94,12 @@ async def serve_generation(
     """
     settings = state.settings
     state.admission.try_enter()
+    metrics_format = request.headers.get(FORMAT_HEADER)
+
+    def with_load_report(headers: dict[str, str]) -> dict[str, str]:
+        # vLLM's ORCA load report as the answer starts, only for a request that asks (a router's).
+        return {**headers, **orca_header(metrics_format, state.metrics.registry, state.admission)}
+
     if prepared.dropped_messages:
         state.metrics.history_dropped.inc(prepared.dropped_messages)
     outcome = Outcome(
@@ -116,7 +123,11 @@ async def serve_generation(
              "completion_tokens": outcome.completion_tokens, "finish_reasons": outcome.finish_reasons, "aborted": aborted, **outcome.timings()}
         )
         if settings.log_prompts:
-            access_log.update({"prompt": prompt, "output": generation.texts()})
+            access_log.update({
+                "prompt": prompt, "output": generation.texts(),
+                # What the engine itself tokenized, to check against the render routes.
+                "prompt_token_ids": outcome.engine_prompt_token_ids,
+            })
 
     def stream_ending() -> str | None:
         # Neither completed nor failed: the client went away first.
@@ -131,7 +142,7 @@ async def serve_generation(
         return sse_response(
             frames,
             ping_seconds=settings.sse_ping_seconds,
-            headers=prepared.headers,
+            headers=with_load_report(prepared.headers),
             on_close=lambda: finish(stream_ending()),
         )
 
@@ -149,4 +160,4 @@ async def serve_generation(
         raise api_error from error
     finally:
         finish(aborted)
-    return JSONResponse(body, headers=prepared.headers)
+    return JSONResponse(body, headers=with_load_report(prepared.headers))

@@ -47,6 +47,10 @@ def stored_input_items(request: ResponsesRequest) -> list[dict[str, Any]]:
     stored = []
     for item in items:
         body = item.model_dump(exclude_none=True)
+        if item.type != "message":  # function_call, function_call_output: kept as they came
+            prefix = "fc" if item.type == "function_call" else "fco"
+            stored.append({"id": body.pop("id", None) or f"{prefix}_{uuid.uuid4().hex}", **body, "status": "completed"})
+            continue
         if isinstance(item.content, str):
             part_type = "output_text" if item.role == "assistant" else "input_text"
             body["content"] = [{"type": part_type, "text": item.content}]
@@ -54,15 +58,21 @@ def stored_input_items(request: ResponsesRequest) -> list[dict[str, Any]]:
     return stored
 
 
+def _as_input(item: dict[str, Any]) -> ResponseInputItem:
+    return ResponseInputItem.model_validate({k: v for k, v in item.items() if k not in ("id", "status")})
+
+
 def chain_items(chain: Chain) -> list[ResponseInputItem]:
-    """The conversation a chain holds: each turn's input items, then its output messages."""
+    """The conversation a chain holds: each turn's input items, then its output items (the
+    answer's message and its function calls, as a client would send them back)."""
     items: list[ResponseInputItem] = []
     for record in chain.responses:
-        for item in record.input_items:
-            items.append(ResponseInputItem.model_validate({k: v for k, v in item.items() if k not in ("id", "status")}))
+        items.extend(_as_input(item) for item in record.input_items)
         for output in record.response.get("output", []):
             if output.get("type") == "message":
                 items.append(ResponseInputItem(type="message", role="assistant", content=output.get("content") or []))
+            elif output.get("type") == "function_call":
+                items.append(_as_input(output))
     return items
 
 

@@ -34,6 +34,7 @@ def engine_environment(settings: Settings) -> dict[str, str]:
     if settings.cpu_kv_cache_gib is not None:
         # Read only by vLLM's CPU platform; harmless on a GPU host.
         environment["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu_kv_cache_gib)
+    environment.update(model_runner_environment(settings))
     return environment
 
 
@@ -162,14 +163,79 @@ def kv_offload_engine_arguments(settings: Settings) -> dict[str, Any]:
     return {"kv_offloading_size": settings.kv_offload_gib, "kv_offloading_backend": KV_OFFLOAD_BACKEND}
 
 
+# --- prefix blocks a router can follow --------------------------------------------------------
+# vLLM 0.32 publishes a `BlockStored` event per batch of full prompt blocks it caches, and a
+# `BlockRemoved` when it evicts them (vllm/distributed/kv_events.py), on a ZMQ PUB socket
+# (`KVEventsConfig`, vllm/config/kv_events.py). Each block's hash is
+# `H((parent hash, tuple(block token ids), None))`, H the `prefix_caching_hash_algo`, the first
+# block's parent `H(PYTHONHASHSEED or "vllm-none-hash")` (vllm/v1/core/kv_cache_utils.py:131-172,
+# 695-725); the event carries its low 64 bits as an integer (`VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES`,
+# default on). With sha256_cbor every replica, and a router in any language, computes the same
+# hashes from the same token ids (the xxhash ones draw a random seed per process unless
+# PYTHONHASHSEED is set).
+
+
+def kv_events_engine_arguments(settings: Settings) -> dict[str, Any]:
+    """The `AsyncEngineArgs` fields of the KV-cache events and the block hash: the hash always
+    (named, so a vLLM default change cannot change it), the events when an endpoint is set."""
+    arguments: dict[str, Any] = {"prefix_caching_hash_algo": settings.prefix_caching_hash_algo}
+    if settings.kv_events_endpoint is not None:
+        from vllm.config.kv_events import KVEventsConfig
+
+        arguments["kv_events_config"] = KVEventsConfig(
+            enable_kv_cache_events=True, publisher="zmq",
+            endpoint=settings.kv_events_endpoint, topic=settings.kv_events_topic or "",
+        )
+    return arguments
+
+
+# --- the model runner -----------------------------------------------------------------------
+# vLLM 0.32 has two GPU model runners and one switch, the environment variable
+# VLLM_USE_V2_MODEL_RUNNER (vllm/envs.py: "1" or "0"; unset, "use config defaults"). Its only
+# reader is `VllmConfig.use_v2_model_runner` (vllm/config/vllm.py:703), evaluated when the engine
+# config is built in this process and again in every engine process, which inherit the variable:
+# set, it decides; unset, V2 whenever Triton imports (`HAS_TRITON`) and the configuration uses no
+# feature V2 lacks (`_get_v2_model_runner_unsupported_features`: some speculative methods,
+# pipeline parallelism under torchrun, dual batch overlap), else V1 with a warning. What V2 needs
+# of the MPT plugin, and the replay that shows it has it: server/models/README.md.
+MODEL_RUNNER_SWITCH = "VLLM_USE_V2_MODEL_RUNNER"
+_MODEL_RUNNER_SWITCH_VALUES = {"v1": "0", "v2": "1"}
+
+
+class ModelRunnerRefused(ValueError):
+    """`--model-runner v2` on a vLLM build that has no V2 runner; the message says what to do."""
+
+
+def model_runner_environment(settings: Settings) -> dict[str, str]:
+    """vLLM's switch for `--model-runner`: nothing for `auto`, which leaves the choice to vLLM
+    (and to an operator who sets VLLM_USE_V2_MODEL_RUNNER in the server's environment)."""
+    value = _MODEL_RUNNER_SWITCH_VALUES.get(settings.model_runner)
+    return {} if value is None else {MODEL_RUNNER_SWITCH: value}
+
+
+def model_runner_problem(settings: Settings) -> str | None:
+    """Why this host's vLLM cannot run `--model-runner v2`, in one line; None when it can. On the
+    CPU build Triton has no backend (`HAS_TRITON` is false), so vLLM refuses the forced V2 runner
+    ("Model Runner V2 requires Triton", `VllmConfig._validate_v2_model_runner`) only once the
+    engine's config is built, behind a traceback: the CPU build is known here, at once."""
+    if settings.model_runner != "v2" or not _vllm_cpu_build():
+        return None
+    return (
+        "--model-runner v2: vLLM's CPU build has no Model Runner V2 (it needs Triton, which has no "
+        "CPU backend there); leave --model-runner (AIROBOROS_MODEL_RUNNER) at auto or choose v1"
+    )
+
+
 def engine_args(settings: Settings, model_dir: Path, served_name: str) -> Any:
     """vLLM's `AsyncEngineArgs` for `model_dir` under `settings`."""
     offload = kv_offload_engine_arguments(settings)  # refused on vLLM's CPU build, before vLLM loads
+    if (problem := model_runner_problem(settings)) is not None:  # for whoever builds them directly
+        raise ModelRunnerRefused(problem)
     # Deferred: `--help` and settings errors answer without importing vLLM.
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     from server.engine.platform import current_target
-    from server.gpu.attention import attention_engine_arguments
+    from server.mpt.attention import attention_engine_arguments
 
     return AsyncEngineArgs(
         model=str(model_dir),
@@ -181,11 +247,15 @@ def engine_args(settings: Settings, model_dir: Path, served_name: str) -> Any:
         enforce_eager=resolved_enforce_eager(settings),
         gpu_memory_utilization=settings.gpu_memory_utilization,
         max_num_seqs=settings.max_num_seqs,
+        # None leaves vLLM's platform default (16 on GPUs, 128 on its CPU build).
+        block_size=settings.block_size,
         # vLLM's own Prometheus series (vllm:*) come from its stat loggers.
         disable_log_stats=False,
         trust_remote_code=False,
         # The host-RAM KV tier (--kv-offload-gib; nothing when it is off).
         **offload,
-        # MPT's ALiBi needs a backend that applies it (server/gpu/attention.py).
+        # Prefix-block hashes and the KV-cache events a router follows.
+        **kv_events_engine_arguments(settings),
+        # MPT's ALiBi needs a backend that applies it (server/mpt/attention.py).
         **attention_engine_arguments(settings.attention_backend, model_dir, settings.dtype, current_target()),
     )

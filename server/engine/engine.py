@@ -80,6 +80,9 @@ class Engine:
         started = time.monotonic()
         logger.info("loading model %s (this takes a while for large checkpoints)", model_dir)
         llm = AsyncLLM.from_engine_args(engine_args(settings, model_dir, served_name))
+        # The grammar compiler that tool calls check their schemas with (sampling.py) takes
+        # seconds to import: here, at start-up, not in the event loop of the first tool request.
+        import xgrammar  # noqa: F401
         tokenizer = llm.get_tokenizer()
         model_config = llm.model_config
         info = ModelInfo(

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from server.gpu.attention import Target
-from server.gpu.catalog import Gpu, entry_for_driver_name
+from server.mpt.attention import Target
+from server.mpt.catalog import Gpu, entry_for_driver_name
 
 
 def current_target() -> Target:

@@ -41,6 +41,8 @@ class Outcome:
     # `num_cached_tokens` / `num_cache_creation_tokens`), summed over the request's prompts.
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    # The prompt token ids the engine reports for each engine request (for `--log-prompts`).
+    engine_prompt_token_ids: list[list[int]] = field(default_factory=list)
     finish_reasons: list[str] = field(default_factory=list)
 
     def mark_first_token(self) -> None:
@@ -54,10 +56,16 @@ class Outcome:
         self.metrics.finish_reasons.labels(self.route, finish_reason or "none").inc()
         self.metrics.stop_reasons.labels(stop_kind).inc()
 
+    def record_tool_calls(self, tool_choice: str, count: int) -> None:
+        if count:
+            self.metrics.tool_calls.labels(tool_choice).inc(count)
+
     def record_prefill(self, output: Any) -> None:
         """The prefix-cache counts of one engine request, from its first `RequestOutput`."""
         self.cached_tokens += output.num_cached_tokens or 0
         self.cache_write_tokens += getattr(output, "num_cache_creation_tokens", None) or 0
+        # A reference, not a copy: read only when `--log-prompts` logs it.
+        self.engine_prompt_token_ids.append(getattr(output, "prompt_token_ids", None) or [])
 
     def record_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.prompt_tokens = prompt_tokens

@@ -37,6 +37,9 @@ class PreparedGeneration:
     dropped_messages: int = 0
     # Extra response headers (e.g. that same count, for the client).
     headers: dict[str, str] = field(default_factory=dict)
+    # The output is a tool answer held to the tools' schema under this `tool_choice` mode (auto,
+    # required, named): the encoders read calls from it. None: text.
+    tool_choice: str | None = None
 
     @property
     def prompt_tokens(self) -> int:

@@ -1,15 +1,9 @@
-"""Everything the server knows about NVIDIA GPUs, kept apart from the CPU path.
+"""The `airoboros-server plan` command: will a set-up fit, and how fast can it decode?
 
-- `catalog`: common GPUs with their memory, bandwidth, compute capability, dense bf16 throughput
-  and host link (PCIe);
-- `attention`: the attention backend that computes MPT's ALiBi right on each GPU, as vLLM engine
-  arguments, the check of a user's `--attention-backend`, and the model's load-time refusal;
-- `sizing` and `plan`: weights, KV cache, sequences, the decode bound and the host-RAM KV tier
-  (`--kv-offload-gib`) for a set-up, and the `airoboros-server plan` command (also run at start
-  on GPU hosts).
+`plan` reads what the server knows about MPT and GPUs from `server.mpt` (the model's shape, the
+GPU catalog, the attention choice, the sizing) and prints it for a user's GPUs; the server runs
+the same check at start on GPU hosts (`check_at_start`).
 
 The acceptance script users run on a CUDA host (`make gpu-check`) is `bench/gpu_check.py`: it
-serves through the checkout's tests/support, which the installed package does not ship.
-
-Nothing here imports vLLM or torch at module level: `plan` and the settings answer without them.
+serves through the checkout's harness/, which the installed package does not ship.
 """

@@ -21,9 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from server.gpu.attention import SELECTABLE, normalise_backend_setting, serving_dtype
-from server.gpu.catalog import CATALOG, GIB, Gpu, custom_gpu, find_gpu, parse_capability
-from server.gpu.sizing import (
+from server.mpt.attention import SELECTABLE, normalise_backend_setting, serving_dtype
+from server.mpt.catalog import CATALOG, GIB, Gpu, custom_gpu, find_gpu, parse_capability
+from server.mpt.sizing import (
     MPT_30B, PREFILL_EFFICIENCY, QUANTIZED_LINEAR_BITS, HostTier, Plan, Setup, describe_weights, make_plan,
 )
 
@@ -56,7 +56,7 @@ def quantization_of(config: dict[str, Any]) -> str:
 
 
 def setup_from_args(args: argparse.Namespace) -> Setup:
-    from server.models.mpt_config import MptSpec
+    from server.mpt.config import MptSpec
 
     config = _config(args.model)
     spec = MptSpec.from_config(config) if config else MPT_30B
@@ -300,7 +300,7 @@ def check_at_start(settings: Any, model_dir: Path, gpu: Gpu | None) -> None:
     config = json.loads((Path(model_dir) / "config.json").read_text())
     if config.get("model_type") != "mpt":
         return
-    from server.models.mpt_config import MptSpec
+    from server.mpt.config import MptSpec
 
     spec = MptSpec.from_config(config)
     quantization = quantization_of(config)

@@ -24,10 +24,10 @@ def register() -> None:
     from transformers import AutoConfig
     from vllm import ModelRegistry
 
-    from server.models.mpt_config import MptCheckpointConfig
+    from server.mpt.config import MptCheckpointConfig
 
     # Replaces transformers' strict MptConfig for model_type "mpt" in this process, so that
-    # MosaicML's remote-code config.json parses without trust_remote_code (see mpt_config).
+    # MosaicML's remote-code config.json parses without trust_remote_code (see server/mpt/config.py).
     AutoConfig.register("mpt", MptCheckpointConfig, exist_ok=True)
     supported = ModelRegistry.get_supported_archs()
     for arch in MPT_ARCHITECTURES:

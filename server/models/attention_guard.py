@@ -1,12 +1,12 @@
 """The MPT plugin's last line of defence: refuse, at model load, an attention layer that would
 not compute ALiBi right, whoever built the engine (this server, `vllm serve` with our plugin, a
-script). Which backends are safe, and why, is `server.gpu.attention`'s docstring."""
+script). Which backends are safe, and why, is `server.mpt.attention`'s docstring."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from server.gpu.attention import CPU, FLASH, IGNORES_ALIBI, TRITON, AttentionRefused
+from server.mpt.attention import CPU, FLASH, IGNORES_ALIBI, TRITON, AttentionRefused
 
 
 def refuse_alibi_unsafe_layer(layer: Any) -> None:

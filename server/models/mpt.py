@@ -2,7 +2,7 @@
 
 One block: x + attn(norm_1(x)), then + ffn(norm_2(x)); pre-LayerNorm, no positional embedding.
 Positions come from ALiBi, applied inside vLLM's paged attention from per-head slopes
-(`mpt_config.alibi_slopes`, MPT's own scheme), each tensor-parallel rank taking the slopes of
+(`server.mpt.config.alibi_slopes`, MPT's own scheme), each tensor-parallel rank taking the slopes of
 the heads it holds. The fused `Wqkv` is loaded as is into a `QKVParallelLinear` (its layout on
 disk is [q | k | v], vLLM's too), optionally clamped (`clip_qkv`) and LayerNorm-ed over the whole
 q and k (`qk_ln`, MosaicML's semantics: one norm over all heads, so under tensor parallelism the
@@ -12,7 +12,9 @@ the config unties it. Weight names are the checkpoint's: `transformer.wte`,
 ffn.up_proj, ffn.act.scales (AutoAWQ), ffn.down_proj}`, `transformer.norm_f`.
 Quantized checkpoints load through vLLM's quantized layers (the model carries `quant_config`);
 AutoAWQ's activation scales are `server.models.awq`'s, and an AWQ checkpoint without them is
-refused at load; backends that would drop ALiBi are refused at load (`server.gpu.attention`).
+refused at load; backends that would drop ALiBi are refused at load (`server.mpt.attention`).
+What vLLM's Model Runner V2 (the GPU default) asks of this class, and that it has it:
+server/models/README.md.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from vllm.sequence import IntermediateTensors
 
 from server.models.attention_guard import refuse_alibi_unsafe_layer
 from server.models.awq import AUTO_AWQ_METHODS, ScaledGelu, refuse_missing_act_scales
-from server.models.mpt_config import MptSpec, alibi_slopes
+from server.mpt.config import MptSpec, alibi_slopes
 
 
 class MptAttention(nn.Module):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.server import free_port
+from harness.server import free_port
 
 NGINX_INSTALL_HINT = (
     "nginx is not installed: `make deploy-tools` installs Debian's package when run as root; "

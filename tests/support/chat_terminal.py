@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from server.terminal.app import NOTE_PREFIX
-from tests.support.server import REPO_ROOT
+from harness.server import REPO_ROOT
 from tests.support.tmux import TmuxTerminal, tmux_available, tmux_terminal
 
 START_TIMEOUT_S = 120.0  # a Python start on a loaded 2-core machine, which CI has stalled for 20 s and more

@@ -9,7 +9,7 @@ else is vLLM's real code: engine-config creation, our MPT plugin building its la
 load-time check), the attention selector, the FA version logic, the metadata builder and the FA
 interface's argument guards, run for a prefill batch, a decode batch and a full-CUDA-graph decode
 batch. TRITON_ATTN's kernel cannot run here (vLLM's CPU build turns Triton off); its forward is
-followed up to the kernel call, whose ALiBi arithmetic tests/support/triton_alibi.py checks.
+followed up to the kernel call, whose ALiBi arithmetic bench/triton_alibi.py checks.
 
     python -m tests.support.cuda_replay CASES.json      (a list of cases; prints a JSON list)
 
@@ -132,7 +132,7 @@ def engine_config(case: dict[str, Any]):
     from vllm.engine.arg_utils import EngineArgs
 
     from server.engine.platform import current_target
-    from server.gpu.attention import attention_engine_arguments
+    from server.mpt.attention import attention_engine_arguments
 
     arguments = {}
     if case["arguments"] == "server":
@@ -191,7 +191,7 @@ def replay(case: dict[str, Any], recorder: Recorder) -> dict[str, Any]:
         init_one_rank()
         from server.models.mpt import MptForCausalLM
 
-        from server.gpu.attention import AttentionRefused
+        from server.mpt.attention import AttentionRefused
         from vllm.utils.torch_utils import set_default_torch_dtype
 
         import server.models.mpt

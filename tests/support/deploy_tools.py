@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import pytest
 import yaml
 
-from tests.support.server import REPO_ROOT
+from harness.server import REPO_ROOT
 
 DEPLOY_DIR = REPO_ROOT / "deploy"
 DEPLOY_VENV = Path(os.environ.get("AIROBOROS_DEPLOY_VENV", REPO_ROOT / ".venv-deploy"))
@@ -31,7 +31,7 @@ CHECKOV_SKIPS = DEPLOY_DIR / "checks" / "checkov-skips.yaml"
 SERVING_OVERLAYS = ("gpu-tp2", "gpu-1", "cpu")
 GPU_OVERLAYS = ("gpu-tp2", "gpu-1")
 KUSTOMIZATIONS = (*SERVING_OVERLAYS, "weights")
-OPTIONAL_COMPONENTS = ("service-monitor", "keda-autoscaling")
+OPTIONAL_COMPONENTS = ("service-monitor", "keda-autoscaling", "inference-gateway")
 # The Kubernetes minor versions the manifests are validated against (kubernetes-validate
 # bundles their schemas). 1.29 is the oldest whose PodDisruptionBudget has
 # unhealthyPodEvictionPolicy; 1.37 the newest kubernetes-validate 1.37.0 knows.

@@ -16,7 +16,7 @@ import os
 import sys
 import shutil
 
-from tests.support.server import LOOPBACK
+from harness.server import LOOPBACK
 
 FAKE_MODEL = "fake-model"
 TOKEN_DELAY_VARIABLE = "AIROBOROS_FAKE_TOKEN_DELAY_S"

@@ -64,8 +64,9 @@ GOLDEN_CASES = [
     GoldenCase("G6", [{"role": "system", "content": ""}, user("Hello!")], " USER: Hello! ASSISTANT: "),
     GoldenCase("G7", [user("Summarize this list:\n- apples\n- pears\n\nThanks!\n")],
                SYSTEM + " USER: Summarize this list:\n- apples\n- pears\n\nThanks! ASSISTANT: "),
+    # Issue 25 made tools first-class: a tool message is refused only when it answers no call.
     GoldenCase("G8", [user("What is 6*7? Use the calculator."), {"role": "tool", "content": "42"}],
-               None, error_code="unsupported_role"),
+               None, error_code="unexpected_tool_message"),
     GoldenCase("G9", [{"role": "system", "content": "You are terse."}, user("2+2?"),
                       {"role": "assistant", "content": "4"}, user("3+3?"),
                       {"role": "assistant", "content": "6"}, user("And 4+4?")],

@@ -32,7 +32,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from tests.support.fake_engine import FakeAsyncLLM, fake_checkpoint
-from tests.support.server import ServerEndpoints
+from harness.server import ServerEndpoints
 
 FAKE_MODEL = "fake-model"
 START_TIMEOUT_S = 30.0

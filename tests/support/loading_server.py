@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from server.app import create_app
 from server.metrics import Metrics
 from server.settings import Settings
-from tests.support.server import free_port
+from harness.server import free_port
 
 START_TIMEOUT_S = 20.0
 

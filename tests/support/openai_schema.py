@@ -25,6 +25,8 @@ RESPONSE_EVENT_SCHEMAS = {
     "response.content_part.added": "ResponseContentPartAddedEvent",
     "response.output_text.delta": "ResponseTextDeltaEvent",
     "response.output_text.done": "ResponseTextDoneEvent",
+    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
+    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
     "response.content_part.done": "ResponseContentPartDoneEvent",
     "response.output_item.done": "ResponseOutputItemDoneEvent",
     "response.completed": "ResponseCompletedEvent",

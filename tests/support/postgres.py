@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.server import LOOPBACK, free_port
+from harness.server import LOOPBACK, free_port
 
 DATABASE = "responses"
 ROLE = "airoboros"

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = float(os.environ.get("AIROBOROS_TEST_START_TIMEOUT", "420"))
 LOOPBACK = "127.0.0.1"
 # How long a test waits for an access-log line the server is about to write: the wait ends as soon

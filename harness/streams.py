@@ -4,7 +4,7 @@
 when the headers and each content chunk arrived (TTFT, the gaps between chunks), finish reasons,
 usage, an error event, `data: [DONE]`, and the balancer's `X-Upstream` header. `closed_loop`
 keeps `concurrency` requests in flight until `max_requests` were sent, its time limit passed, or
-`stop` is set. The soak (`tests/support/load.py`), the load-balancer tests and the benchmark
+`stop` is set. The soak (`harness/load.py`), the load-balancer tests and the benchmark
 (`bench/load.py`) all drive their load with these two.
 
 Every loop is bounded: a request count, a wall-clock limit after which no request starts and
@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.sse import SSEEvent, parse_sse_line
+from harness.sse import SSEEvent, parse_sse_line
 
 
 @dataclass

@@ -5,7 +5,7 @@ AutoAWQ quantizes MPT's linear layers to 4 bits (per group of input channels: an
 scale s out of `down_proj`'s input into the activation: `down_proj` is stored for inputs × s, and
 the activation becomes gelu(x) / s, saved as `transformer.blocks.N.ffn.act.scales`.
 
-`make_tiny_awq_mpt` takes a random tiny MPT (tests/support/tiny_mpt.py), draws act scales in
+`make_tiny_awq_mpt` takes a random tiny MPT (harness/tiny_mpt.py), draws act scales in
 [0.5, 2], quantizes every linear layer that way and writes the AutoAWQ layout: `qweight` and
 `qzeros` int32 (input rows × output/8, AWQ's interleaved nibble order, vLLM's `awq_pack`),
 `scales` fp16, `quantization_config` in config.json. The reference model it returns holds the
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tests.support.tiny_mpt import TinyMpt, build_reference, save_checkpoint
+from harness.tiny_mpt import TinyMpt, build_reference, save_checkpoint
 
 GROUP_SIZE = 64
 # CPUWNA16 (vLLM's 4-bit kernel on CPU) wants every per-rank input and output size a multiple

@@ -28,7 +28,7 @@ longer exist. What vLLM 0.32's code says, per backend (paths under `vllm/`):
   FlashAttention version to disagree with, and supports full CUDA graphs for every batch.
   Measured against a PyTorch ALiBi reference on an H200 (sm90), bf16, head sizes 112 and 128,
   paged KV, for prefill, chunked prefill and both decode kernels: largest error 1.5e-2 (bf16
-  rounding: 1.8e-3 in fp16), against 2.5-5 when ALiBi is left out (tests/support/triton_alibi.py).
+  rounding: 1.8e-3 in fp16), against 2.5-5 when ALiBi is left out (bench/triton_alibi.py).
 - CPU_ATTN (vLLM's CPU build) applies ALiBi; it is the only backend there.
 
 So, with `--attention-backend auto`:
@@ -209,7 +209,7 @@ def model_attention(model_dir: Path, dtype_setting: str) -> ModelAttention:
     config = json.loads((Path(model_dir) / "config.json").read_text())
     dtype = serving_dtype(dtype_setting, config)
     if config.get("model_type") == "mpt":
-        from server.models.mpt_config import MptSpec
+        from server.mpt.config import MptSpec
 
         return ModelAttention(MptSpec.from_config(config).head_dim, True, dtype)
     heads = config.get("num_attention_heads") or 1

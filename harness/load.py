@@ -2,7 +2,7 @@
 
 Everything here is bounded: every wait has a deadline, the load a fixed number of requests, a
 concurrency limit and a per-request timeout (a request past it counts as a hang). The streams
-themselves are read by the one load generator, `tests/support/streams.py`.
+themselves are read by the one load generator, `harness/streams.py`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import httpx
 import psutil
 
-from tests.support.sse import SSEEvent, parse_sse_line  # noqa: F401 - tests import them from here
-from tests.support.streams import closed_loop, read_stream
+from harness.sse import SSEEvent, parse_sse_line  # noqa: F401 - tests import them from here
+from harness.streams import closed_loop, read_stream
 
 # --- metrics ---------------------------------------------------------------------------------
 

@@ -34,9 +34,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from server.gpu.attention import AttentionChoice, AttentionRefused, ModelAttention, Target, choose_attention
-from server.gpu.catalog import GIB, Gpu
-from server.models.mpt_config import MptSpec
+from server.mpt.attention import AttentionChoice, AttentionRefused, ModelAttention, Target, choose_attention
+from server.mpt.catalog import GIB, Gpu
+from server.mpt.config import MptSpec
 
 KV_BLOCK_TOKENS = 16
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)

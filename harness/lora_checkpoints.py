@@ -1,6 +1,6 @@
 """Base checkpoints as MPT-30B publishes them, real peft LoRA adapters on them, and peft's merge.
 
-- `save_bin_base`: a tiny MPT (tests/support/tiny_mpt.py) written the way MosaicML ships
+- `save_bin_base`: a tiny MPT (harness/tiny_mpt.py) written the way MosaicML ships
   MPT-30B: bfloat16 `pytorch_model-0000N-of-0000M.bin` shards with `pytorch_model.bin.index.json`,
   MosaicML's config dialect, the GPT-NeoX tokenizer and a generation_config.json.
 - `make_lora_adapter`: peft's `get_peft_model` on the transformers model, every lora_A and
@@ -27,8 +27,8 @@ import pytest
 import torch
 
 from server.cli import main
-from tests.support.server import REPO_ROOT
-from tests.support.tiny_mpt import TinyMpt, build_reference, one_torch_thread, save_checkpoint
+from harness.server import REPO_ROOT
+from harness.tiny_mpt import TinyMpt, build_reference, one_torch_thread, save_checkpoint
 
 GENERATION_CONFIG = {"_from_model_config": True, "bos_token_id": 0, "eos_token_id": 0}
 
