@@ -61,13 +61,15 @@ def test_closed_context_documents_are_validated_by_the_server(default_server, de
     assert response.json()["error"]["param"] == "documents"
 
 
-def test_tools_are_refused_unless_tool_choice_is_none(default_server, default_model_name):
+def test_the_tools_are_listed_in_the_prompt_unless_tool_choice_is_none(default_server, default_model_name):
     tool = {"type": "function", "function": {"name": "calc", "parameters": {"type": "object"}}}
-    refused = render(default_server, default_model_name, messages=DIALOGUE, tools=[tool])
-    assert refused.status_code == 400
-    assert "does not support tool calls" in refused.json()["error"]["message"]
-    allowed = render(default_server, default_model_name, messages=DIALOGUE, tools=[tool], tool_choice="none")
-    assert allowed.status_code == 200
+    listed = render(default_server, default_model_name, messages=DIALOGUE, tools=[tool])
+    assert listed.status_code == 200, listed.text
+    assert "Available functions:" in listed.json()["prompt"] and "calc" in listed.json()["prompt"]
+    # `none`: a prompt asking for JSON would make the model write JSON as text, so none is listed.
+    unlisted = render(default_server, default_model_name, messages=DIALOGUE, tools=[tool], tool_choice="none")
+    assert unlisted.status_code == 200, unlisted.text
+    assert "Available functions:" not in unlisted.json()["prompt"] and "calc" not in unlisted.json()["prompt"]
 
 
 # --- stops ---------------------------------------------------------------------------------
