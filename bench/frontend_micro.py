@@ -50,11 +50,11 @@ async def measure(chunks: int) -> dict[str, float]:
     from prometheus_client import CollectorRegistry
 
     from prompt_formats import get_format
-    from server.api.chat import ChatService
-    from server.api.chat_encoder import ChatEncoder
-    from server.api.encoding import data_frame, dumps
+    from server.api.services.chat import ChatService
+    from server.api.encoders.chat import ChatEncoder
+    from server.api.encoders.frames import data_frame, dumps
     from server.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
-    from server.api.protocol import ChatCompletionRequest
+    from server.api.protocol.requests import ChatCompletionRequest
     from server.api.sse import sse_response
     from server.generation import Generation, Interruptions, Outcome, run_generation
     from server.metrics import Metrics

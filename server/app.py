@@ -14,14 +14,14 @@ from starlette.middleware.cors import CORSMiddleware
 from prompt_formats import get_format
 
 from server import __version__
-from server.api import operations, render, routes, tokenization
-from server.api.chat import DROPPED_MESSAGES_HEADER, ChatService
-from server.api.completions import CompletionService
+from server.api.routes import generation, render, server_info, tokenization
+from server.api.services.chat import DROPPED_MESSAGES_HEADER, ChatService
+from server.api.services.completions import CompletionService
 from server.api.context import Services
 from server.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
-from server.api.background import STALE_S, BackgroundResponses, owner_name
-from server.api.responses import ResponsesService
-from server.api.stored_responses import StoredResponses
+from server.api.services.background import STALE_S, BackgroundResponses, owner_name
+from server.api.services.responses import ResponsesService
+from server.api.services.stored_responses import StoredResponses
 from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.ops.lifecycle import Lifecycle
@@ -119,10 +119,10 @@ def create_app(
     app.state.server = state
     app.state.lifecycle = lifecycle
     app.state.services = services
-    app.include_router(routes.router)
+    app.include_router(generation.router)
     app.include_router(render.router)
     app.include_router(tokenization.router)
-    app.include_router(operations.router)
+    app.include_router(server_info.router)
     install_error_handlers(app)
     # Added innermost first: the request id wraps everything, so even a 401 or 413 carries it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

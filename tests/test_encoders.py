@@ -7,8 +7,8 @@ import json
 from hypothesis import given, settings, strategies as st
 from prometheus_client import CollectorRegistry
 
-from server.api.chat_encoder import ChatEncoder
-from server.api.completion_encoder import CompletionEncoder
+from server.api.encoders.chat import ChatEncoder
+from server.api.encoders.completions import CompletionEncoder
 from server.generation import EnginePrompt, Outcome
 from server.metrics import Metrics
 

@@ -9,7 +9,7 @@ import math
 
 from vllm.logprobs import Logprob
 
-from server.api.logprobs import CompletionLogprobs, chat_logprob_content
+from server.api.encoders.logprobs import CompletionLogprobs, chat_logprob_content
 
 
 def token_text(token_id: int) -> str:

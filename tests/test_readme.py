@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from fastapi.routing import APIRoute
 
-from server.api.protocol import ChatCompletionRequest, CompletionRequest
+from server.api.protocol.requests import ChatCompletionRequest, CompletionRequest
 from server.cli import ENVIRONMENT_ONLY
 from server.engine.args import DEFAULT_CPU_KV_CACHE_GIB
 from server.settings import Settings

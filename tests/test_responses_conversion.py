@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from prometheus_client import CollectorRegistry
 
-from server.api.responses import ResponsesService, in_responses_terms
-from server.api.responses_encoder import ResponsesEncoder
-from server.api.responses_protocol import ResponsesRequest
+from server.api.services.responses import ResponsesService, in_responses_terms
+from server.api.encoders.responses import ResponsesEncoder
+from server.api.protocol.responses_request import ResponsesRequest
 from server.errors import APIError, invalid_request
 from server.generation import GenerationInterrupted, Outcome
 from server.metrics import Metrics
@@ -227,7 +227,7 @@ def test_every_event_and_the_body_match_openai_schemas(openai_openapi_file):
 
 # --- stored responses: the chain as history, input items, pages ------------------------------
 
-from server.api.stored_responses import (  # noqa: E402 - grouped with the tests that use them
+from server.api.services.stored_responses import (  # noqa: E402 - grouped with the tests that use them
     StoredResponses, chain_items, input_items_page, stored_input_items,
 )
 from server.store import Chain, StoredResponse  # noqa: E402

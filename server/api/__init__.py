@@ -1,4 +1,4 @@
-"""The HTTP layer: routes (`routes`, `operations`), request models (`protocol`), documented
-response models (`schemas`), per-route services (`chat`, `completions`) and encoders
-(`chat_encoder`, `completion_encoder`), the shared serving path (`serving`), SSE transport
-(`sse`) and middlewares (`middleware`)."""
+"""The HTTP layer, by kind of module: `routes/` (HTTP bindings), `protocol/` (request and
+documented response models), `services/` (per-route validation and preparation), `encoders/`
+(choices → JSON bodies and SSE frames); beside them the shared serving path (`serving`), SSE
+transport (`sse`), middlewares (`middleware`) and what routes reach through the app (`context`)."""

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from server.api.chat import ChatService
-from server.api.completions import CompletionService
-from server.api.responses import ResponsesService
+from server.api.services.chat import ChatService
+from server.api.services.completions import CompletionService
+from server.api.services.responses import ResponsesService
 from server.ops.state import ServerState
 
 

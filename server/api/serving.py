@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
-from server.api.encoding import api_error_for, client_error
+from server.api.encoders.frames import api_error_for, client_error
 from server.api.sse import sse_response
 from server.engine import Engine
 from server.generation import ChoiceEncoder, Generation, Outcome, PreparedGeneration

@@ -1,6 +1,6 @@
 """Request fields → vLLM `SamplingParams`, with the checks that need the loaded model.
 
-`request` is any object with the OpenAI sampling fields (`server.api.protocol.SamplingFields`);
+`request` is any object with the OpenAI sampling fields (`server.api.protocol.requests.SamplingFields`);
 the engine package reads them by name and imports nothing from the HTTP layer.
 """
 

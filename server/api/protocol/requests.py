@@ -87,7 +87,7 @@ class SamplingFields(_Request):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     # OpenAI's cache-routing hint: unused by the engine, repeated by the render routes for a
-    # router that groups requests by it (api/render.py).
+    # router that groups requests by it (api/routes/render.py).
     prompt_cache_key: str | None = Field(None, max_length=1024)
     # Extensions (vLLM's names).
     top_k: int | None = Field(None, ge=-1)

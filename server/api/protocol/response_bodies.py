@@ -237,7 +237,7 @@ API_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 CHUNK_STREAM = "SSE: `data: <chunk JSON>` events, then `data: [DONE]`; `: keep-alive` comments between."
-# The Responses API's stream (server/api/responses_encoder.py has the order).
+# The Responses API's stream (server/api/encoders/responses.py has the order).
 RESPONSE_EVENT_STREAM = (
     "SSE: typed events, `event: <type>` then `data: <event JSON>` with its `sequence_number`: "
     "response.created, response.in_progress, response.output_item.added, response.content_part.added, "

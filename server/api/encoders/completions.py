@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from server.api.encoding import ChunkFrames, encode_json_string
+from server.api.encoders.frames import ChunkFrames, encode_json_string
 from server.api.sse import KEEPALIVE_FRAME
-from server.api.logprobs import CompletionLogprobs
+from server.api.encoders.logprobs import CompletionLogprobs
 from server.generation import EnginePrompt, FinalChoice, Outcome
 
 

@@ -24,9 +24,9 @@ import socket
 import time
 from typing import Any
 
-from server.api.encoding import client_error
-from server.api.responses_encoder import ResponsesEncoder
-from server.api.stored_responses import StoredResponses
+from server.api.encoders.frames import client_error
+from server.api.encoders.responses import ResponsesEncoder
+from server.api.services.stored_responses import StoredResponses
 from server.errors import APIError
 from server.generation import Generation, GenerationInterrupted, Outcome, PreparedGeneration
 from server.generation.loop import DRAIN

@@ -1,6 +1,6 @@
 """Request model of `POST /v1/responses`, OpenAI's Responses API as this server speaks it.
 
-Beside `protocol.py` because the Responses API shapes its request differently from chat
+Beside the chat and completions models (`requests.py`) because the Responses API shapes its request differently from chat
 (`input` items, `instructions`, `text.format`, `max_output_tokens`); `ResponsesService` turns it
 into a chat request, so everything after that is the chat route's own path.
 
@@ -15,7 +15,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from server.api.protocol import ContentPart, Document, JsonSchemaFormat, ResponseFormat
+from server.api.protocol.requests import ContentPart, Document, JsonSchemaFormat, ResponseFormat
 
 
 class ResponseInputItem(BaseModel):

@@ -9,7 +9,7 @@ and nothing is admitted; the errors are the generating route's. vLLM cannot rend
 chats (it has no chat template); these routes can, exactly.
 
 `prompt_cache_key` (OpenAI's cache-routing hint) rides along as an extra top-level field, which
-vLLM's `GenerateRequest` ignores and a router may group by. `/v1/chat/render` (api/routes.py) is
+vLLM's `GenerateRequest` ignores and a router may group by. `/v1/chat/render` (api/routes/generation.py) is
 our own richer shape and stays as it is.
 """
 
@@ -22,9 +22,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from server.api.context import server_state, services
-from server.api.protocol import ChatCompletionRequest, CompletionRequest
-from server.api.responses_protocol import ResponsesRequest
-from server.api.schemas import API_ERRORS
+from server.api.protocol.requests import ChatCompletionRequest, CompletionRequest
+from server.api.protocol.responses_request import ResponsesRequest
+from server.api.protocol.response_bodies import API_ERRORS
 from server.engine.sampling import sampling_params_json
 from server.generation import EnginePrompt, PreparedGeneration
 

@@ -11,20 +11,20 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from server.api.background import background_generation
-from server.api.chat import DROPPED_MESSAGES_HEADER
-from server.api.chat_encoder import ChatEncoder
-from server.api.completion_encoder import CompletionEncoder
+from server.api.services.background import background_generation
+from server.api.services.chat import DROPPED_MESSAGES_HEADER
+from server.api.encoders.chat import ChatEncoder
+from server.api.encoders.completions import CompletionEncoder
 from server.api.context import server_state, services
-from server.api.protocol import ChatCompletionRequest, CompletionRequest, RenderResponse
-from server.api.responses_encoder import ResponsesEncoder
-from server.api.responses_protocol import ResponsesRequest
-from server.api.schemas import (
+from server.api.protocol.requests import ChatCompletionRequest, CompletionRequest, RenderResponse
+from server.api.encoders.responses import ResponsesEncoder
+from server.api.protocol.responses_request import ResponsesRequest
+from server.api.protocol.response_bodies import (
     API_ERRORS, RESPONSE_EVENT_STREAM, ChatCompletion, Completion, DeletedResponse, ResponseInputItemList,
     ResponseObject, generation_responses,
 )
 from server.api.serving import serve_generation
-from server.api.stored_responses import input_items_page, new_response_id, stored_input_items
+from server.api.services.stored_responses import input_items_page, new_response_id, stored_input_items
 from server.generation import Outcome
 
 router = APIRouter()

@@ -13,8 +13,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from server.api.context import server_state, services
-from server.api.protocol import ChatCompletionRequest, DetokenizeRequest, TokenizeRequest
-from server.api.schemas import API_ERRORS, DetokenizeResponse, TokenizeResponse
+from server.api.protocol.requests import ChatCompletionRequest, DetokenizeRequest, TokenizeRequest
+from server.api.protocol.response_bodies import API_ERRORS, DetokenizeResponse, TokenizeResponse
 from server.engine import Engine
 from server.errors import invalid_request
 from server.ops.state import ServerState

@@ -6,8 +6,8 @@ prompt-major (`prompt_index * n + sample_index`), as OpenAI numbers them.
 
 from __future__ import annotations
 
-from server.api.protocol import CompletionRequest
-from server.api.validation import check_n, context_length_error
+from server.api.protocol.requests import CompletionRequest
+from server.api.services.validation import check_n, context_length_error
 from server.engine import Engine
 from server.engine.sampling import build_sampling_params
 from server.errors import invalid_request

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server import __version__
 from server.api.context import server_state
-from server.api.schemas import API_ERRORS, Health, ModelCard, ModelList, VersionInfo
+from server.api.protocol.response_bodies import API_ERRORS, Health, ModelCard, ModelList, VersionInfo
 from server.ops.load_report import GateAwareRegistry
 from server.ops.state import ServerState
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any
 
-from server.api.responses_protocol import ResponseInputItem, ResponsesRequest
+from server.api.protocol.responses_request import ResponseInputItem, ResponsesRequest
 from server.errors import APIError, invalid_request, unavailable
 from server.store import Chain, StoreArchive, StoredResponse, StoreUnavailable
 

@@ -12,7 +12,7 @@ tools, `function_call` input items an assistant message's `tool_calls` (merged i
 message before them), `function_call_output` items `tool` messages. Built-in tools (web search,
 file search, computer use...) are a 400 naming the type.
 
-With a responses store (`server.api.stored_responses`), `previous_response_id` puts the stored
+With a responses store (`server.api.services.stored_responses`), `previous_response_id` puts the stored
 chain (messages and function call items alike) before the new input, rendered exactly as the
 same history sent to chat. What needs a store that is off is refused with a 400 naming the field.
 """
@@ -25,11 +25,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from server.api.background import BackgroundResponses
-from server.api.chat import ChatService
-from server.api.protocol import ChatCompletionRequest
-from server.api.responses_protocol import ResponseInputItem, ResponsesRequest
-from server.api.stored_responses import StoredResponses
+from server.api.services.background import BackgroundResponses
+from server.api.services.chat import ChatService
+from server.api.protocol.requests import ChatCompletionRequest
+from server.api.protocol.responses_request import ResponseInputItem, ResponsesRequest
+from server.api.services.stored_responses import StoredResponses
 from server.engine import Engine
 from server.errors import APIError, invalid_request
 from server.generation import PreparedGeneration
