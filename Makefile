@@ -34,10 +34,10 @@ install: $(INSTALLED)
 serve: install
 	$(VENV)/bin/airoboros-server serve $(SERVE_ARGS)
 
-# Tools the tests need beyond .venv: for the deploy checks (tests/test_deploy_*.py,
-# tests/test_load_balancer.py) checkov, kubernetes-validate, yamllint and hadolint in their own
-# venv (their dependencies fight vLLM's pins) and kubectl when the machine has none with
-# kustomize v5; and Debian's nginx, bubblewrap and tmux (tests/test_terminal_*.py drive
+# Tools the tests need beyond .venv: for the deploy checks (tests/deploy/ and
+# tests/ops/drain/test_behind_a_load_balancer.py) checkov, kubernetes-validate, yamllint and
+# hadolint in their own venv (their dependencies fight vLLM's pins) and kubectl when the machine has none with
+# kustomize v5; and Debian's nginx, bubblewrap and tmux (tests/terminal/ drive
 # `airoboros-server chat` in tmux), installed when missing and run as root. Re-runs when the
 # pins or the script change. `deploy-tools` is its former name.
 DEPLOY_VENV := .venv-deploy

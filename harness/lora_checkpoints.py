@@ -10,7 +10,7 @@
   reference the merge must equal.
 - `run_merge`: the real command in a child process; `refusal`: the real command in this process,
   asserted to have refused in one line and written nothing.
-- `assert_equal_within_rounding`: the bound of tests/test_merge_equals_peft.py.
+- `assert_equal_within_rounding`: the bound of tests/merge/test_equals_peft.py.
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def lora_terms(peft_model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 def assert_equal_within_rounding(ours: dict, reference: dict, terms: dict, dtype: torch.dtype) -> float:
     """Every tensor of `ours` equals peft's `reference` within
     u·(2·|peft| + |delta|) + r·u32·scale·(|B|·|A|) + the dtype's subnormal spacing
-    (why: tests/test_merge_equals_peft.py); returns the largest difference."""
+    (why: tests/merge/test_equals_peft.py); returns the largest difference."""
     assert set(ours) == set(reference)
     finfo = torch.finfo(dtype)
     unit_roundoff, subnormal_spacing = finfo.eps / 2, finfo.smallest_normal * finfo.eps

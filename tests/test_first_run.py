@@ -45,7 +45,7 @@ VLLM_LOAD_FAILURE = "Compiling model again due to a load failure"
 VLLM_AOT_SAVED = "saved AOT compiled function"
 TINY_PROMPT = "The capital of France is"
 TINY_TOKENS = 16
-# As in test_mpt_server.py: both sides compute the same function in float32.
+# As in tests/models/test_served_mpt.py: both sides compute the same function in float32.
 LOGPROB_ATOL = 1e-3
 
 

@@ -6,6 +6,7 @@ what the server knows about MPT is a leaf the other packages import."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from harness.server import REPO_ROOT
@@ -142,3 +143,40 @@ def test_the_package_table_lists_every_package_with_what_it_imports():
             elif parts[0] in {"vllm", "prompt_formats"}:
                 actual[package].add(parts[0])
     assert table == actual
+
+
+TESTS = REPO_ROOT / "tests"
+# Test modules about the whole product rather than one package: they stay at the top.
+WHOLE_PRODUCT_TESTS = {"test_cli.py", "test_first_run.py", "test_readme.py", "test_server_layout.py"}
+# Folders of tests for what is not one package: the benchmarks, the deploy manifests, and the
+# inference-gateway backend (render routes, KV events and block hashes across packages).
+TEST_FOLDERS_BEYOND_PACKAGES = {"bench", "deploy", "gateway"}
+
+
+def test_each_package_has_a_test_folder_of_its_name():
+    packages = {path.parent.name for path in SERVER.glob("*/__init__.py")} | {"prompt_formats"}
+    missing = sorted(name for name in packages if not any((TESTS / name).rglob("test_*.py")))
+    assert missing == [], f"packages without tests/<package>/: {missing}"
+
+
+def test_test_files_follow_one_naming_scheme():
+    """tests/<package>/test_<what it guards>.py: the folder names the package, so a file does not
+    repeat it; only whole-product tests sit at the top."""
+    packages = {path.parent.name for path in SERVER.glob("*/__init__.py")} | {"prompt_formats"}
+    folders = {path.name for path in TESTS.iterdir() if path.is_dir() and path.name not in {"support", "__pycache__"}}
+    assert folders - packages - TEST_FOLDERS_BEYOND_PACKAGES == set()
+    assert {path.name for path in TESTS.glob("test_*.py")} == WHOLE_PRODUCT_TESTS
+    repeating = sorted(
+        str(path.relative_to(TESTS))
+        for path in TESTS.rglob("test_*.py")
+        if path.parent != TESTS and path.name.startswith(f"test_{path.parent.name}_")
+    )
+    assert repeating == [], f"file names that repeat their folder: {repeating}"
+    # The drain starts with SIGTERM or SIGINT: the tests of a draining server sit together, apart
+    # from what the store keeps of a background response (store/).
+    signalled = {
+        str(path.parent.relative_to(TESTS))
+        for path in TESTS.rglob("test_*.py")
+        if re.search(r"^(async )?def test_\w*(sigterm|sigint)", path.read_text(), re.MULTILINE)
+    }
+    assert signalled <= {"ops/drain", "store"}, f"drain tests outside ops/drain/: {signalled}"

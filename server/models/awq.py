@@ -4,7 +4,7 @@ with its scales, and the refusal of a checkpoint that lacks them.
 AutoAWQ quantizes MPT's MLP with a per-channel scale s moved out of `down_proj`'s inputs (its
 weights are stored for inputs × s) into the activation, gelu(x) / s, saved per block as
 `transformer.blocks.N.ffn.act.scales`. Plain torch, so its arithmetic is tested on every CPU
-(tests/test_mpt_act_scales.py), whether or not the vLLM build can run 4-bit weights.
+(tests/models/test_act_scales.py), whether or not the vLLM build can run 4-bit weights.
 """
 
 from __future__ import annotations

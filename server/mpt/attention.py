@@ -16,7 +16,7 @@ longer exist. What vLLM 0.32's code says, per backend (paths under `vllm/`):
   without ALiBi, so on sm90 it plans for FA3: scheduler metadata and descales, and split-KV
   (`num_splits` 32) under full CUDA graphs (`flash_attn.py`, `aot_schedule`). FA2's argument
   guards (`vllm_flash_attn/flash_attn_interface.py`) then raise NotImplementedError at warm-up
-  or graph capture: vLLM's default dies on H100/H200 (tests/test_gpu_attention.py replays it).
+  or graph capture: vLLM's default dies on H100/H200 (tests/mpt/test_attention.py replays it).
   Pinning `flash_attn_version=2` makes builder and layer agree. On sm80/86/89 FA2 is the only
   FlashAttention there is, so both already agree there. The builder's CUDA-graph support
   (`_cudagraph_support`) is fixed once, when its module is imported, from the version vLLM's

@@ -7,7 +7,7 @@ vLLM's engine, which is `tests/support/fake_engine.py` writing a token every
 `AIROBOROS_FAKE_TOKEN_DELAY_S` seconds (0.05 by default: about a small model's pace on a CPU).
 It starts in seconds, so tests about what surrounds the server (a load balancer, a rolling
 restart, a killed replica) need not wait for engines; what the real engine adds to them (its
-start, its shutdown in the drain) is checked on real servers in test_ops_exit.py.
+start, its shutdown in the drain) is checked on real servers in tests/ops/drain/test_process_exit.py.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def import_triton_as_on_a_gpu() -> bool:
 class KernelRecorder:
     """The attention kernels' entry points, TRITON_ATTN's `unified_attention` and FlashAttention
     2's C op: each keeps the arguments MPT depends on and writes zeros (the kernels' ALiBi
-    arithmetic is tests/test_gpu_kernels.py's business)."""
+    arithmetic is tests/bench/test_gpu_kernels.py's business)."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
