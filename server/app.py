@@ -27,7 +27,7 @@ from server.metrics import Metrics
 from server.ops.lifecycle import Lifecycle
 from server.ops.state import Phase, ServerState
 from server.settings import Settings
-from server.store import StoreArchive, StoreUnavailable, open_archive
+from server.store import StoreArchive, StoreLimits, StoreUnavailable, open_archive
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,12 @@ def create_app(
 ) -> FastAPI:
     state = ServerState(settings=settings, metrics=metrics or Metrics(), served_name=served_model_name(settings))
     chat = ChatService(settings, get_format(settings.prompt_format))
-    archive = open_archive(settings, state.metrics)
+    archive = open_archive(
+        settings.responses_store,
+        StoreLimits(ttl_s=settings.responses_ttl, max_bytes=settings.responses_max_bytes),
+        settings.resolved_data_dir(),
+        state.metrics,
+    )
     stored = StoredResponses(archive)
     background = BackgroundResponses(stored, owner_name(settings.port))
     responses = ResponsesService(chat, stored, background)

@@ -1,14 +1,16 @@
 """Stored responses of the Responses API: one small interface (`base.ResponseStore`), a SQL
 implementation with SQLite and PostgreSQL dialects, and the event loop's side (`archive`).
 
-`open_archive(settings, metrics)` builds what `--responses-store` names, or None when it is off.
+`open_archive(setting, limits, data_dir, metrics)` builds what `--responses-store` names, or None
+when it is off. It takes the settings' values, not `Settings`, so the store stays below them.
 Contents (prompts and answers) are never logged.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from server.metrics import Metrics
-from server.settings import Settings
 from server.store.archive import StoreArchive
 from server.store.base import Chain, ResponseStore, StoredResponse, StoreLimits, StoreUnavailable
 from server.store.location import StoreLocation, parse_store_location
@@ -19,11 +21,10 @@ __all__ = [
 ]
 
 
-def open_archive(settings: Settings, metrics: Metrics) -> StoreArchive | None:
-    """The configured store (not yet connected: `StoreArchive.open` does that), or None."""
-    location = parse_store_location(settings.responses_store)
-    limits = StoreLimits(ttl_s=settings.responses_ttl, max_bytes=settings.responses_max_bytes)
-    data_dir = settings.resolved_data_dir()
+def open_archive(setting: str, limits: StoreLimits, data_dir: Path, metrics: Metrics) -> StoreArchive | None:
+    """The store `setting` (`--responses-store`) names, not yet connected (`StoreArchive.open`
+    does that), or None when it is off."""
+    location = parse_store_location(setting)
     store: ResponseStore
     if location.kind == "none":
         return None
