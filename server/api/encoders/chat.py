@@ -15,7 +15,7 @@ from typing import Any
 from server.api.encoders.frames import ChunkFrames, encode_json_string
 from server.api.sse import KEEPALIVE_FRAME
 from server.api.encoders.logprobs import chat_logprob_content
-from server.api.services.tool_calls import ChoiceCalls
+from server.api.tool_calls import ChoiceCalls
 from server.generation import FinalChoice, Outcome
 from prompt_formats import AnswerDelta, CallStarted
 

@@ -34,7 +34,7 @@ from server.api.encoders.frames import client_error, dumps, encode_json_string, 
 from prompt_formats import AnswerDelta, CallStarted
 from prompt_formats.tool_output import Event
 from server.api.sse import KEEPALIVE_FRAME
-from server.api.services.tool_calls import ChoiceCalls
+from server.api.tool_calls import ChoiceCalls
 from server.generation import FinalChoice, Outcome
 
 TEXT_DELTA = "response.output_text.delta"

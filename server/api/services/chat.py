@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from prompt_formats import ContextLengthExceeded, FittedPrompt, PromptFormat, PromptFormatError
 
 from server.api.protocol.requests import ChatCompletionRequest, RenderResponse
-from server.api.services.tool_calls import ToolPlan, tool_plan
+from server.api.tool_calls import ToolPlan, tool_plan
 from server.api.services.validation import check_n, context_length_error
 from server.engine import Engine
 from server.engine.sampling import SchemaNotCompiled, build_sampling_params, compact_json_grammar
