@@ -1,6 +1,6 @@
 """Per-chunk CPU cost of each layer of our streaming path, in-process, with a fake engine.
 
-No model and no sockets: the tests' fake vLLM engine (tests/support/fake_engine.py) writes N
+No model and no sockets: the tests' fake vLLM engine (harness/fake_engine.py) writes N
 one-token DELTA outputs, each one as soon as the consumer has taken the previous one (it yields
 to the event loop once per token, as a real engine's outputs find their consumer waiting), and
 each layer the server puts between vLLM's AsyncLLM and the socket is timed alone, on uvloop (as
@@ -59,7 +59,7 @@ async def measure(chunks: int) -> dict[str, float]:
     from server.generation import Generation, Interruptions, Outcome, run_generation
     from server.metrics import Metrics
     from server.settings import Settings
-    from tests.support.fake_engine import FakeAsyncLLM, fake_engine
+    from harness.fake_engine import FakeAsyncLLM, fake_engine
 
     llm = FakeAsyncLLM(reply=" word", max_model_len=chunks + 1024)  # room for every chunk
     engine = fake_engine(llm)

@@ -7,7 +7,7 @@
 - `tiny_mpt`, `tiny_awq`, `lora_checkpoints`: tiny random MPT checkpoints (plain, AWQ, and LoRA
   adapters with their base) and their transformers reference;
 - `kv_blocks`: the prefix-block hashes a router computes (README's algorithm);
-- `json_schemas`: random JSON Schemas for tool parameters (hypothesis strategies).
-
-Only the tests' fake engine stays under tests/support/: nothing here stands in for vLLM.
+- `json_schemas`: random JSON Schemas for tool parameters (hypothesis strategies);
+- `fake_engine`: a fake of vLLM's `AsyncLLM` for tests and micro-benchmarks that isolate the
+  server's own layers; never a default of anything, and never shipped.
 """

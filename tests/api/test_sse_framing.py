@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from tests.support.fake_engine import FakeAsyncLLM
+from harness.fake_engine import FakeAsyncLLM
 from tests.support.inprocess import FAKE_MODEL, serving_fake
 
 REPLY = "abcdefghijklmnopqrstuvwxyz0123456"  # 33 tokens, one every 0.5 s: about 16 s

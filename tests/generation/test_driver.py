@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support.fake_engine import FakeAsyncLLM
+from harness.fake_engine import FakeAsyncLLM
 from tests.support.inprocess import FAKE_MODEL, serving_fake
 from harness.sse import parse_sse_line
 

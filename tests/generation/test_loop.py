@@ -3,7 +3,7 @@
 Whatever its consumer does, the engine request ends: an early close or a cancellation aborts it,
 the request's deadline stops it as a timeout, the drain deadline and engine death interrupt it,
 and a request admitted after the drain deadline is stopped at once. The engine is the server's
-real `Engine` around a fake `AsyncLLM` (tests/support/fake_engine.py), which aborts and dies the
+real `Engine` around a fake `AsyncLLM` (harness/fake_engine.py), which aborts and dies the
 way vLLM does; every run here takes well under a second.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from server.engine import EngineDead
 from server.generation import EnginePrompt, GenerationInterrupted, Interruptions, run_generation
 from server.generation.loop import DRAIN, ENGINE_DEAD, TIMEOUT
-from tests.support.fake_engine import FakeAsyncLLM, fake_engine, sampling
+from harness.fake_engine import FakeAsyncLLM, fake_engine, sampling
 
 LONG = {"max_tokens": 10_000, "ignore_eos": True}
 

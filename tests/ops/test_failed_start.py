@@ -13,7 +13,7 @@ import time
 import httpx
 
 from server.ops.state import Phase
-from tests.support.fake_engine import FakeAsyncLLM
+from harness.fake_engine import FakeAsyncLLM
 from tests.support.inprocess import FAKE_MODEL, serving_fake
 
 REFUSAL = "MPT config attn_config.prefix_lm=True is not supported: prefix-LM attention"

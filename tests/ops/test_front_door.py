@@ -25,7 +25,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support.fake_engine import FakeAsyncLLM
+from harness.fake_engine import FakeAsyncLLM
 from tests.support.inprocess import InProcessServer, serving_fake
 from harness.load import metric_value, parse_sse_line, wait_for_metric
 

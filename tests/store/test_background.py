@@ -15,7 +15,7 @@ import pytest
 
 from server.store import StoreLimits, StoredResponse
 from server.store.sqlite import sqlite_store
-from tests.support.fake_engine import FakeAsyncLLM
+from harness.fake_engine import FakeAsyncLLM
 from tests.support.inprocess import FAKE_MODEL, serving_fake
 
 WAIT_S = 60.0

@@ -3,7 +3,7 @@
     python -m tests.support.fake_serve serve --served-model-name fake-model ...
 
 Everything is the real command (`server.cli.main`: settings, signals, drain, exit status) except
-vLLM's engine, which is `tests/support/fake_engine.py` writing a token every
+vLLM's engine, which is `harness/fake_engine.py` writing a token every
 `AIROBOROS_FAKE_TOKEN_DELAY_S` seconds (0.05 by default: about a small model's pace on a CPU).
 It starts in seconds, so tests about what surrounds the server (a load balancer, a rolling
 restart, a killed replica) need not wait for engines; what the real engine adds to them (its
@@ -32,7 +32,7 @@ def fake_serve_command(*args: str, port: int) -> list[str]:
 
 def main(argv: list[str]) -> int:
     from server.cli import main as cli_main
-    from tests.support.fake_engine import FakeAsyncLLM, fake_checkpoint
+    from harness.fake_engine import FakeAsyncLLM, fake_checkpoint
     from tests.support.inprocess import fake_engines
 
     llm = FakeAsyncLLM(token_delay_s=float(os.environ.get(TOKEN_DELAY_VARIABLE, "0.05")))

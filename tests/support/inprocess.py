@@ -3,7 +3,7 @@
 `serving_fake(...)` builds the app exactly as `airoboros-server serve` does (`create_app`, the
 same `DrainingServer` and uvicorn configuration, the real lifecycle: load in a thread, warm-up
 generation, readiness, drain, stop) and only the engine is the fake
-(`tests/support/fake_engine.py`): while the server lives, vLLM's `AsyncLLM.from_engine_args`
+(`harness/fake_engine.py`): while the server lives, vLLM's `AsyncLLM.from_engine_args`
 hands out the fake for its (empty) checkpoint directory, and the fake has no engine processes
 to find or reap (`fake_engines`; `tests/support/fake_serve.py` uses the same in a process). Clients talk to it over a
 real socket, so streaming, disconnects and keep-alive behave as on the wire. A start costs a
@@ -31,7 +31,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from tests.support.fake_engine import FakeAsyncLLM, fake_checkpoint
+from harness.fake_engine import FakeAsyncLLM, fake_checkpoint
 from harness.server import ServerEndpoints
 
 FAKE_MODEL = "fake-model"

@@ -17,7 +17,7 @@ import time
 import httpx
 
 from server.ops.state import Phase
-from tests.support.fake_engine import FakeAsyncLLM
+from harness.fake_engine import FakeAsyncLLM
 from tests.support.inprocess import FAKE_MODEL, InProcessServer, serving_fake
 from harness.streams import StreamRecord, read_stream
 

@@ -3,7 +3,8 @@
 Only vLLM's engine is replaced: the server's own `server.engine.Engine` wraps this fake exactly
 as it wraps `AsyncLLM`, and what the fake hands out are vLLM's real data types
 (`RequestOutput`, `CompletionOutput`, `Logprob`) and its real `EngineDeadError`, so everything
-from `Engine.stream` up is the server's real code. The fake never ships: it lives under tests/.
+from `Engine.stream` up is the server's real code. The fake never ships: harness/ is the checkout's
+kit for tests and benchmarks, outside the wheel and the image.
 
 What the fake "model" does, per choice: it writes `reply` one token at a time (a byte-level
 tokenizer: one token per UTF-8 byte), then an EOS (finish `stop`, no stop reason), or with
