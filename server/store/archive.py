@@ -75,6 +75,12 @@ class StoreArchive:
         self._count(totals)
         return existed
 
+    async def append_events(self, response_id: str, events: list[tuple[int, str]]) -> bool:
+        return await self._call("append_events", self.store.append_events, response_id, events, time.time())
+
+    async def events_after(self, response_id: str, after: int) -> tuple[str | None, list[tuple[int, str]]]:
+        return await self._call("events_after", self.store.events_after, response_id, after, time.time())
+
     def _walk(self, response_id: str, now: float) -> Chain:
         chain = Chain()
         next_id: str | None = response_id

@@ -79,6 +79,15 @@ class ResponseStore(Protocol):
         """Remove the response; whether it was there (unexpired), and the totals after."""
         ...
 
+    def append_events(self, response_id: str, events: list[tuple[int, str]], now: float) -> bool:
+        """Keep a streamed background response's events (sequence number, SSE frame) for a
+        client that resumes; False when the response is gone."""
+        ...
+
+    def events_after(self, response_id: str, after: int, now: float) -> tuple[str | None, list[tuple[int, str]]]:
+        """The response's status (None when gone) and its events after sequence number `after`."""
+        ...
+
     def totals(self) -> StoreTotals:
         ...
 

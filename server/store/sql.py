@@ -1,8 +1,9 @@
 """The response store in SQL, for every backend: SQLite and PostgreSQL differ only in their
 `Dialect` (how to connect, the parameter mark, how a write transaction begins).
 
-One table of responses, one row of totals (responses and bytes) kept in the same transactions,
-so the byte bound is checked without summing the table. A write takes the totals row first: on
+One table of responses, one of the events of streamed background responses (kept for a client
+that resumes the stream, counted in their response's bytes), one row of totals (responses and
+bytes) kept in the same transactions, so the byte bound is checked without summing the tables. A write takes the totals row first: on
 PostgreSQL, writers from several replicas queue on it, so no two evict the same space twice.
 Records past their time to live are invisible at once and deleted by the next write.
 """
@@ -24,6 +25,8 @@ T = TypeVar("T")
 
 TABLE = "airoboros_responses"
 TOTALS = "airoboros_response_totals"
+EVENTS = "airoboros_response_events"
+EVENTS_PER_READ = 1000  # a resumed stream reads its backlog in pages of this many
 EVICTION_BATCH = 64
 RUNNING = ("queued", "in_progress")  # a background response not finished yet
 
@@ -49,6 +52,13 @@ SCHEMA = (
         bytes BIGINT NOT NULL
     )""",
     f"INSERT INTO {TOTALS} (one, responses, bytes) VALUES (1, 0, 0) ON CONFLICT DO NOTHING",
+    f"""CREATE TABLE IF NOT EXISTS {EVENTS} (
+        response_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        bytes BIGINT NOT NULL,
+        frame TEXT NOT NULL,
+        PRIMARY KEY (response_id, seq)
+    )""",
 )
 
 
@@ -148,10 +158,12 @@ class SQLResponseStore:
         return StoreTotals(int(responses), int(size))
 
     def _count_removed(self, cursor: Any, removed: list[tuple[Any, ...]]) -> None:
+        """Responses deleted (rows of id and bytes): their events go too, and the totals drop."""
         if removed:
+            cursor.executemany(self._sql(f"DELETE FROM {EVENTS} WHERE response_id = ?"), [(row[0],) for row in removed])
             cursor.execute(
                 self._sql(f"UPDATE {TOTALS} SET responses = responses - ?, bytes = bytes - ? WHERE one = 1"),
-                (len(removed), sum(int(row[0]) for row in removed)),
+                (len(removed), sum(int(row[1]) for row in removed)),
             )
 
     # --- the interface --------------------------------------------------------------------
@@ -182,8 +194,16 @@ class SQLResponseStore:
             if only_if_status is not None and self._status(cursor, record.id) not in only_if_status:
                 # Cancelled (or finished) meanwhile, perhaps by another replica: that stands.
                 return PutResult(self._totals(cursor), written=False)
+            # A streamed response's events stay with its new version, and count in its bytes.
+            cursor.execute(self._sql(f"SELECT COALESCE(SUM(bytes), 0) FROM {EVENTS} WHERE response_id = ?"), (record.id,))
+            size += int(cursor.fetchone()[0])
             cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE id = ? RETURNING bytes"), (record.id,))
-            self._count_removed(cursor, cursor.fetchall())
+            replaced = cursor.fetchall()
+            if replaced:
+                cursor.execute(
+                    self._sql(f"UPDATE {TOTALS} SET responses = responses - 1, bytes = bytes - ? WHERE one = 1"),
+                    (int(replaced[0][0]),),
+                )
             cursor.execute(
                 self._sql(
                     f"INSERT INTO {TABLE} (id, previous_id, created_at, expires_at, status, bytes, owner, "
@@ -195,7 +215,7 @@ class SQLResponseStore:
             cursor.execute(
                 self._sql(f"UPDATE {TOTALS} SET responses = responses + 1, bytes = bytes + ? WHERE one = 1"), (size,)
             )
-            cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE expires_at <= ? RETURNING bytes"), (now,))
+            cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE expires_at <= ? RETURNING id, bytes"), (now,))
             expired = cursor.fetchall()
             self._count_removed(cursor, expired)
             evicted = self._evict(cursor, keep=record.id)
@@ -221,7 +241,7 @@ class SQLResponseStore:
                 if excess <= 0:
                     break
             cursor.executemany(self._sql(f"DELETE FROM {TABLE} WHERE id = ?"), victims)
-            self._count_removed(cursor, [(size,) for (rid, size) in oldest[: len(victims)]])
+            self._count_removed(cursor, oldest[: len(victims)])
             evicted += len(victims)
         return evicted
 
@@ -296,12 +316,50 @@ class SQLResponseStore:
     def delete(self, response_id: str, now: float) -> tuple[bool, StoreTotals]:
         with self._cursor(self.dialect.begin_write) as cursor:
             self._lock_totals(cursor)
-            cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE id = ? RETURNING bytes, expires_at"), (response_id,))
+            cursor.execute(
+                self._sql(f"DELETE FROM {TABLE} WHERE id = ? RETURNING id, bytes, expires_at"), (response_id,)
+            )
             removed = cursor.fetchall()
             self._count_removed(cursor, removed)
             # An expired one was already gone for every reader: deleting it is a 404 too.
-            existed = bool(removed) and float(removed[0][1]) > now
+            existed = bool(removed) and float(removed[0][2]) > now
             return existed, self._totals(cursor)
+
+    @retried_on_a_new_connection
+    def append_events(self, response_id: str, events: list[tuple[int, str]], now: float) -> bool:
+        """Add a streamed response's events (sequence number, SSE frame); False when the response
+        is gone (deleted, expired or evicted), and nothing is written. A retried call writes
+        nothing twice: an event already there is skipped."""
+        with self._cursor(self.dialect.begin_write) as cursor:
+            self._lock_totals(cursor)
+            cursor.execute(self._sql(f"SELECT 1 FROM {TABLE} WHERE id = ? AND expires_at > ?"), (response_id, now))
+            if cursor.fetchone() is None:
+                return False
+            rows = [(response_id, seq, len(frame.encode()), frame) for seq, frame in events]
+            cursor.executemany(
+                self._sql(f"INSERT INTO {EVENTS} (response_id, seq, bytes, frame) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"),
+                rows,
+            )
+            size = sum(row[2] for row in rows)
+            cursor.execute(self._sql(f"UPDATE {TABLE} SET bytes = bytes + ? WHERE id = ?"), (size, response_id))
+            cursor.execute(self._sql(f"UPDATE {TOTALS} SET bytes = bytes + ? WHERE one = 1"), (size,))
+            self._evict(cursor, keep=response_id)
+            return True
+
+    @retried_on_a_new_connection
+    def events_after(self, response_id: str, after: int, now: float) -> tuple[str | None, list[tuple[int, str]]]:
+        """A streamed response's status (None when gone) and its events after sequence number
+        `after`, in order, at most `EVENTS_PER_READ`."""
+        with self._cursor() as cursor:
+            cursor.execute(self._sql(f"SELECT status FROM {TABLE} WHERE id = ? AND expires_at > ?"), (response_id, now))
+            row = cursor.fetchone()
+            if row is None:
+                return None, []
+            cursor.execute(
+                self._sql(f"SELECT seq, frame FROM {EVENTS} WHERE response_id = ? AND seq > ? ORDER BY seq LIMIT ?"),
+                (response_id, after, EVENTS_PER_READ),
+            )
+            return row[0], [(int(seq), frame) for seq, frame in cursor.fetchall()]
 
     @retried_on_a_new_connection
     def totals(self) -> StoreTotals:

@@ -182,12 +182,11 @@ def test_the_wire_starts_with_a_keep_alive_and_has_no_done(default_server, defau
     "fields, param",
     [
         ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools"),
-        ({"background": True, "stream": True}, "stream"),
         ({"previous_response_id": "resp_123", "conversation": "conv_1"}, "conversation"),
     ],
-    ids=["built-in-tools", "background stream", "previous_response_id with conversation"],
+    ids=["built-in-tools", "previous_response_id with conversation"],
 )
-def test_what_needs_built_in_tools_or_a_background_stream_is_a_bad_request(client, default_model_name, fields, param):
+def test_what_needs_built_in_tools_or_a_conversation_is_a_bad_request(client, default_model_name, fields, param):
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model=default_model_name, input=QUESTION, **fields)
     assert caught.value.body["param"] == param

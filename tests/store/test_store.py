@@ -17,7 +17,7 @@ import pytest
 from server.store import StoreLimits, StoredResponse, StoreUnavailable, parse_store_location
 from server.store.base import StoreTotals
 from server.store.postgres import postgres_store
-from server.store.sql import TABLE, TOTALS
+from server.store.sql import EVENTS, TABLE, TOTALS
 from server.store.sqlite import sqlite_store
 from tests.support.postgres import postgres_cluster
 
@@ -48,7 +48,7 @@ def store(request, tmp_path):
     else:
         cluster = request.getfixturevalue("postgres")
         with psycopg.connect(cluster.url, autocommit=True) as connection:  # each test starts empty
-            connection.execute(f"DROP TABLE IF EXISTS {TABLE}, {TOTALS}")
+            connection.execute(f"DROP TABLE IF EXISTS {TABLE}, {TOTALS}, {EVENTS}")
         opened = postgres_store(cluster.url, LIMITS)
     opened.open()
     yield opened
@@ -113,6 +113,48 @@ def test_delete_removes_it_and_its_bytes(store):
     assert existed and totals.responses == 0 and totals.bytes == 0
     assert store.get("resp_a", now=3.0) is None
     assert store.delete("resp_a", now=3.0)[0] is False
+
+
+def frames(first: int, count: int, size: int = 10) -> list[tuple[int, str]]:
+    return [(seq, f"event: response.output_text.delta\ndata: {'x' * size}\n\n") for seq in range(first, first + count)]
+
+
+def test_a_streams_events_come_back_in_order_after_any_sequence_number(store):
+    store.put(record("resp_s"), now=1.0)
+    assert store.append_events("resp_s", frames(0, 3), now=1.0)
+    assert store.append_events("resp_s", frames(3, 2), now=2.0)
+    assert store.append_events("resp_s", frames(3, 2), now=2.0)  # a retried batch adds nothing
+    status, after_one = store.events_after("resp_s", 1, now=3.0)
+    assert status == "completed" and after_one == frames(2, 3)
+    assert store.events_after("resp_s", 4, now=3.0) == ("completed", [])
+    assert store.events_after("resp_unknown", -1, now=3.0) == (None, [])
+
+
+def test_events_count_in_the_byte_bound_and_go_with_their_response(store):
+    store.put(record("resp_s"), now=1.0)
+    alone = store.totals().bytes
+    store.append_events("resp_s", frames(0, 4, size=100), now=1.0)
+    with_events = store.totals().bytes
+    assert with_events - alone == sum(len(frame.encode()) for _, frame in frames(0, 4, size=100))
+    # The final record replaces the running one: the events stay, and so do their bytes.
+    store.put(record("resp_s", text="final"), now=2.0)
+    assert store.events_after("resp_s", -1, now=2.0)[1] == frames(0, 4, size=100)
+    assert store.totals().bytes - with_events == len("final") * 2 - len("hello") * 2
+    existed, totals = store.delete("resp_s", now=3.0)
+    assert existed and totals.bytes == 0 and totals.responses == 0
+    assert store.append_events("resp_s", frames(4, 1), now=3.0) is False  # gone: nothing kept
+    store.put(record("resp_t"), now=3.0)
+    assert store.events_after("resp_t", -1, now=3.0) == ("completed", [])
+
+
+def test_events_beyond_the_byte_bound_evict_the_oldest_responses(store):
+    store.put(record("resp_old", created=0), now=0.0)
+    store.put(record("resp_streamed", created=1), now=1.0)
+    # About 10,400 bytes of events: past the 10,000-byte bound, so the older response goes (the
+    # one being streamed stays, as a response larger than the bound does).
+    assert store.append_events("resp_streamed", frames(0, 10, size=1000), now=1.0)
+    assert store.get("resp_old", now=2.0) is None and store.get("resp_streamed", now=2.0) is not None
+    assert store.totals().responses == 1
 
 
 def test_another_process_reads_what_was_committed(sqlite, tmp_path):

@@ -1,6 +1,7 @@
 """Stored responses through the `openai` SDK on a real server and engine, with its SQLite store
 in a file of the test's own: a `previous_response_id` chain renders as chat renders the same
-history, retrieve, delete, input item pages, the API key, and a restart on the same file.
+history, retrieve, delete, input item pages, the API key, background streams left and resumed
+(`starting_after`), and a restart on the same file.
 
 One server for the module (started with `--log-prompts`, so the access log shows the prompt a
 turn rendered); the restart test, last, stops it with SIGTERM and starts another on the file.
@@ -145,11 +146,68 @@ def test_stored_routes_are_behind_the_api_key(client, server):
     assert client.responses.retrieve(response.id).id == response.id
 
 
+# A background stream long enough to leave in the middle: the stand-in never stops by itself.
+LONG_STREAM = {"temperature": 0, "max_output_tokens": 48, "extra_body": {"ignore_eos": True}}
+
+
+def text_of(events) -> str:
+    return "".join(event.delta for event in events if event.type == "response.output_text.delta")
+
+
+def test_a_background_stream_left_and_resumed_loses_and_repeats_no_event(client, server):
+    stream = create(client, server, input="Count to fifty.", background=True, stream=True, **LONG_STREAM)
+    before = []
+    for event in stream:  # leave after the third token
+        before.append(event)
+        if len([e for e in before if e.type == "response.output_text.delta"]) == 3:
+            break
+    stream.close()
+    response_id = before[0].response.id
+    assert before[0].response.background is True
+    after = list(client.responses.retrieve(response_id, stream=True, starting_after=before[-1].sequence_number))
+    numbers = [event.sequence_number for event in before + after]
+    assert numbers == list(range(len(numbers))), numbers
+    # The generation went on while nobody listened, to its 48 tokens (a length stop: incomplete),
+    # and the text of the events is the stored one.
+    assert after[-1].type == "response.incomplete"
+    final = client.responses.retrieve(response_id)
+    assert final.status == "incomplete" and final.incomplete_details.reason == "max_output_tokens"
+    assert final.usage.output_tokens == 48
+    assert text_of(before + after) == final.output_text == after[-1].response.output_text
+
+
+def test_a_finished_background_stream_replays_the_events_after_n_from_the_store(client, server):
+    whole = list(create(client, server, input="Say hello.", background=True, stream=True, **GREEDY))
+    response_id = whole[0].response.id
+    assert whole[-1].type in ("response.completed", "response.incomplete")  # its last event
+    replayed = list(client.responses.retrieve(response_id, stream=True, starting_after=4))
+    assert [event.model_dump() for event in replayed] == [event.model_dump() for event in whole[5:]]
+    everything = list(client.responses.retrieve(response_id, stream=True))
+    assert [event.model_dump() for event in everything] == [event.model_dump() for event in whole]
+
+
+def test_streaming_what_cannot_be_streamed_is_a_400_or_404(client, server):
+    plain = create(client, server, input="Say hello.", **GREEDY)
+    with pytest.raises(openai.BadRequestError) as not_streamed:
+        list(client.responses.retrieve(plain.id, stream=True))
+    assert not_streamed.value.body["param"] == "stream"
+    with pytest.raises(openai.NotFoundError):
+        list(client.responses.retrieve("resp_unknown", stream=True))
+    with pytest.raises(openai.BadRequestError) as negative:
+        list(client.responses.retrieve(plain.id, stream=True, starting_after=-2))
+    assert negative.value.body["param"] == "starting_after"
+    assert client.responses.retrieve(plain.id).id == plain.id  # and the next request works
+
+
 def test_after_a_restart_on_the_same_file_retrieve_and_a_follow_up_work(holder, client, server):
     first = create(client, server, input=TURNS[0], **GREEDY)
+    streamed = list(create(client, server, input="Say hello.", background=True, stream=True, **GREEDY))
     assert holder.restart() == 0  # SIGTERM: drained, exit 0
     restarted = openai.OpenAI(base_url=holder.server.openai_base_url, api_key=API_KEY, max_retries=0)
     assert restarted.responses.retrieve(first.id).model_dump() == first.model_dump()
+    # A background stream is resumed from the store by another process (as by another replica).
+    resumed = list(restarted.responses.retrieve(streamed[0].response.id, stream=True, starting_after=2))
+    assert [event.model_dump() for event in resumed] == [event.model_dump() for event in streamed[3:]]
     follow_up = create(restarted, holder.server, input=TURNS[1], previous_response_id=first.id, **GREEDY)
     assert follow_up.usage.input_tokens > first.usage.input_tokens
     assert restarted.responses.retrieve(follow_up.id).previous_response_id == first.id

@@ -6,25 +6,28 @@ No generation logic lives here: each route checks the model name, takes the serv
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from server.api.services.background import background_generation
-from server.api.services.chat import DROPPED_MESSAGES_HEADER
+from server.api.context import server_state, services
 from server.api.encoders.chat import ChatEncoder
 from server.api.encoders.completions import CompletionEncoder
-from server.api.context import server_state, services
-from server.api.protocol.requests import ChatCompletionRequest, CompletionRequest, RenderResponse
 from server.api.encoders.responses import ResponsesEncoder
-from server.api.protocol.responses_request import ResponsesRequest
+from server.api.protocol.requests import ChatCompletionRequest, CompletionRequest, RenderResponse
 from server.api.protocol.response_bodies import (
     API_ERRORS, RESPONSE_EVENT_STREAM, ChatCompletion, Completion, DeletedResponse, ResponseInputItemList,
     ResponseObject, generation_responses,
 )
+from server.api.protocol.responses_request import ResponsesRequest
 from server.api.serving import serve_generation
+from server.api.services.background import background_generation
+from server.api.services.background_stream import check_streamed, follow_store
+from server.api.services.chat import DROPPED_MESSAGES_HEADER
 from server.api.services.stored_responses import input_items_page, new_response_id, stored_input_items
+from server.api.sse import sse_response
 from server.generation import Outcome
 
 router = APIRouter()
@@ -113,8 +116,13 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
             state, engine, prepared, make_encoder, request.state.request_id
         )
         started = await service.background.start(
-            state, generation, encoder, outcome, body.previous_response_id, stored_input_items(body)
+            state, generation, encoder, outcome, body.previous_response_id, stored_input_items(body),
+            stream=bool(body.stream),
         )
+        if body.stream:  # its client follows the event log; leaving does not stop the generation
+            return sse_response(
+                service.background.logs[response_id].follow(-1), ping_seconds=state.settings.sse_ping_seconds
+            )
         return JSONResponse(started)
 
     save = None
@@ -132,10 +140,31 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     )
 
 
-@router.get("/v1/responses/{response_id}", tags=["responses"], response_model=ResponseObject, responses=API_ERRORS)
-async def retrieve_response(response_id: str, request: Request) -> JSONResponse:
-    record = await services(request).responses.stored.get(response_id)
-    return JSONResponse(record.response)
+@router.get(
+    "/v1/responses/{response_id}", tags=["responses"], response_model=ResponseObject,
+    responses=generation_responses(ResponseObject, RESPONSE_EVENT_STREAM),
+)
+async def retrieve_response(
+    response_id: str,
+    request: Request,
+    stream: bool = Query(False, description="Stream the events of a `background` response created with `stream`."),
+    starting_after: int = Query(
+        -1, ge=-1, description="With `stream`: replay the events after this sequence number, then follow."
+    ),
+) -> Response:
+    service = services(request).responses
+    if not stream:
+        record = await service.stored.get(response_id)
+        return JSONResponse(record.response)
+    state = server_state(request)
+    log = service.background.logs.get(response_id)
+    if log is not None:  # running here: follow it in memory
+        events = log.follow(starting_after)
+    else:
+        await check_streamed(service.stored, response_id)
+        deadline = time.monotonic() + state.settings.request_timeout
+        events = follow_store(service.stored, response_id, starting_after, deadline)
+    return sse_response(events, ping_seconds=state.settings.sse_ping_seconds)
 
 
 @router.post(

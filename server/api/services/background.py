@@ -11,8 +11,8 @@
   `in_progress`, so a cancel stands.
 - At start, running responses nobody runs any more are marked `failed`: this server's own from
   before a crash (same owner), and anyone's whose heartbeat stopped `STALE_S` ago.
-
-Not here yet: `stream: true` with background (a 400).
+- With `stream: true`, its events go to an event log that clients follow and resume, here and
+  through the store (`background_stream`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from server.api.encoders.frames import client_error
 from server.api.encoders.responses import ResponsesEncoder
+from server.api.services.background_stream import EventLog, events_of
 from server.api.services.stored_responses import StoredResponses
 from server.errors import APIError
 from server.generation import Generation, GenerationInterrupted, Outcome, PreparedGeneration
@@ -52,24 +54,45 @@ class BackgroundResponses:
         self.owner = owner
         self._runners: dict[str, asyncio.Task] = {}
         self._work: dict[str, asyncio.Task] = {}
+        self.logs: dict[str, EventLog] = {}  # the streamed ones running here
 
     async def start(
         self, state: ServerState, generation: Generation, encoder: ResponsesEncoder, outcome: Outcome,
-        previous_id: str | None, input_items: list[dict[str, Any]],
+        previous_id: str | None, input_items: list[dict[str, Any]], *, stream: bool = False,
     ) -> dict[str, Any]:
-        """Store it running and start it; the `response` object to answer with."""
+        """Store it running and start it; the `response` object to answer with. Streamed, its
+        opening events are in the store before this returns, and `logs` holds its event log."""
         state.admission.try_enter()
         started = encoder.response("in_progress", [], None)
         record = StoredResponse(encoder.id, previous_id, time.time(), "in_progress", started, input_items)
+        frames = generation.stream() if stream else None
+        log = EventLog() if stream else None
         try:
             await self.stored.save_record(record, owner=self.owner)
+            if frames is not None and log is not None:
+                log.add(events_of(await anext(frames)))  # the opening, written before any token
+                await log.flush(self.stored, encoder.id)  # a resumer on any replica finds it
         except BaseException:
             state.admission.leave()
+            if frames is not None:
+                await frames.aclose()
             raise
-        runner = asyncio.create_task(self._run(state, generation, encoder, outcome, record))
+        work = self._pump(frames, log) if frames is not None and log is not None else generation.complete()
+        runner = asyncio.create_task(self._run(state, generation, encoder, outcome, record, work, log))
         self._runners[encoder.id] = runner
         runner.add_done_callback(lambda _: self._runners.pop(encoder.id, None))
+        if log is not None:
+            self.logs[encoder.id] = log
+            runner.add_done_callback(lambda _: self.logs.pop(encoder.id, None))
         return started
+
+    @staticmethod
+    async def _pump(frames: AsyncIterator[bytes], log: EventLog) -> None:
+        try:
+            async for chunk in frames:
+                log.add(events_of(chunk))
+        finally:
+            await frames.aclose()  # cancelled (a cancel, the drain): the engine request ends too
 
     def cancel_here(self, response_id: str) -> None:
         """Stop it now if this server runs it (the store already says `cancelled`)."""
@@ -88,17 +111,22 @@ class BackgroundResponses:
 
     async def _run(
         self, state: ServerState, generation: Generation, encoder: ResponsesEncoder, outcome: Outcome,
-        record: StoredResponse,
+        record: StoredResponse, work_to_do: Coroutine[Any, Any, Any], log: EventLog | None,
     ) -> None:
-        work = asyncio.create_task(generation.complete())
+        work = asyncio.create_task(work_to_do)
         self._work[record.id] = work
+        flusher = asyncio.create_task(log.flush_until_done(self.stored, record.id)) if log is not None else None
         try:
             await self._beat_until_done(record.id, work)
             await asyncio.wait({work})  # its end, whatever it is (read below, not raised)
+            if log is not None and flusher is not None:
+                log.finish()
+                await flusher  # every event is in the store before the final record
             if work.cancelled():
                 state.metrics.background_responses.labels("cancelled").inc()
                 return  # cancelled: the store says so already
-            final = self._final(encoder, work.exception())
+            # A stream ends with its error event rather than raising: the generation keeps it.
+            final = self._final(encoder, work.exception() or generation.error)
             state.metrics.background_responses.labels(final["status"]).inc()
             with contextlib.suppress(APIError):  # the store is down: the next start marks it failed
                 await self.stored.save_record(
@@ -110,6 +138,10 @@ class BackgroundResponses:
             logger.exception("background response failed")
         finally:
             self._work.pop(record.id, None)
+            if log is not None:
+                log.finish()
+            if flusher is not None and not flusher.done():
+                flusher.cancel()
             if not work.done():
                 work.cancel()
             state.admission.leave(latency_s=time.monotonic() - outcome.arrival)

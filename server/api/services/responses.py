@@ -52,7 +52,7 @@ def _unsupported(message: str, param: str) -> APIError:
 
 
 def refuse_unsupported(request: ResponsesRequest, store_on: bool) -> None:
-    """A 400 for what needs a store that is off, a Conversations API, or a background stream."""
+    """A 400 for what needs a store that is off, or a Conversations API."""
     if request.store and not store_on:
         raise _unsupported(
             "store: true is not available: this server's responses store is off (--responses-store none); "
@@ -81,12 +81,6 @@ def refuse_unsupported(request: ResponsesRequest, store_on: bool) -> None:
             "background: true needs the response stored: send store: true (the default) on a server whose "
             "responses store is on.",
             "background",
-        )
-    if request.background and request.stream:
-        raise _unsupported(
-            "background with stream: true is not supported yet: create it without streaming and poll "
-            "GET /v1/responses/{id}.",
-            "stream",
         )
 
 

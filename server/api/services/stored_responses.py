@@ -124,6 +124,18 @@ class StoredResponses:
         except StoreUnavailable:
             raise store_unavailable() from None
 
+    async def append_events(self, response_id: str, events: list[tuple[int, str]]) -> bool:
+        try:
+            return await self._archive().append_events(response_id, events)
+        except StoreUnavailable:
+            raise store_unavailable() from None
+
+    async def events_after(self, response_id: str, after: int) -> tuple[str | None, list[tuple[int, str]]]:
+        try:
+            return await self._archive().events_after(response_id, after)
+        except StoreUnavailable:
+            raise store_unavailable() from None
+
     async def heartbeat(self, response_id: str) -> str | None:
         return await self._archive().heartbeat(response_id)
 
