@@ -10,6 +10,8 @@ wherever the table lives (README.md for the newcomer, docs/ for the reference).
   route it is ticked for, and every request-model field is documented.
 - Errors (docs/api.md): each error code the table names is one the server sends.
 - Set-up (README.md): the two commands its quick start gives are targets of the Makefile.
+- The README stays a short front door: at most about 450 lines, a contents list whose links reach
+  its headings, and links into docs/ that resolve (files and anchors), as do the docs' own links.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from server.cli import ENVIRONMENT_ONLY
 from server.engine.args import DEFAULT_CPU_KV_CACHE_GIB
 from server.settings import Settings
 from tests.support.app import build_app
-from tests.support.docs import section, table
+from tests.support.docs import anchors, broken_links, headings, read, relative_links, section, slug, table
 from harness.server import REPO_ROOT
 
 README = "README.md"
@@ -177,3 +179,36 @@ def test_the_two_setup_commands_are_makefile_targets():
     for target in ("serve", "test"):
         assert re.search(rf"^{target}:", makefile, re.MULTILINE), f"the Makefile has no `{target}` target"
 
+
+# --- the README as a front door -------------------------------------------------------------
+
+README_MOST_LINES = 450
+
+
+def test_the_readme_stays_short():
+    lines = len(read(README).splitlines())
+    assert lines <= README_MOST_LINES, f"README.md has {lines} lines: move reference text to docs/"
+
+
+def test_the_contents_list_reaches_every_section_of_the_readme():
+    text = read(README)
+    contents = section(README, "Contents")
+    listed = [target[1:] for target in relative_links(contents) if target.startswith("#")]
+    assert listed, "the contents list links no section"
+    unknown = sorted(set(listed) - anchors(text))
+    assert not unknown, f"contents links that reach no heading: {unknown}"
+    sections = {slug(title) for _, level, title in headings(text) if level == 2}
+    unlisted = sorted(sections - set(listed) - {"contents"})
+    assert not unlisted, f"README sections the contents list leaves out: {unlisted}"
+
+
+def test_every_docs_file_is_linked_from_the_readme():
+    linked = {target.partition("#")[0] for target in relative_links(read(README))}
+    docs = {f"docs/{path.name}" for path in (REPO_ROOT / "docs").glob("*.md")}
+    assert docs, "no docs/"
+    assert not docs - linked, f"docs the README does not link: {sorted(docs - linked)}"
+
+
+@pytest.mark.parametrize("doc", [README, *sorted(f"docs/{path.name}" for path in (REPO_ROOT / "docs").glob("*.md"))])
+def test_every_relative_link_resolves(doc):
+    assert broken_links(doc) == [], f"{doc}: links to files or anchors that do not exist"
