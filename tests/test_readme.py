@@ -11,7 +11,8 @@ wherever the table lives (README.md for the newcomer, docs/ for the reference).
 - Errors (docs/api.md): each error code the table names is one the server sends.
 - Set-up (README.md): the two commands its quick start gives are targets of the Makefile.
 - The README stays a short front door: at most about 450 lines, a contents list whose links reach
-  its headings, and links into docs/ that resolve (files and anchors), as do the docs' own links.
+  its headings, and links into docs/ that resolve (files and anchors), as do the links of docs/
+  and of every other README.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from server.cli import ENVIRONMENT_ONLY
 from server.engine.args import DEFAULT_CPU_KV_CACHE_GIB
 from server.settings import Settings
 from tests.support.app import build_app
-from tests.support.docs import anchors, broken_links, headings, read, relative_links, section, slug, table
+from tests.support.docs import anchors, broken_links, headings, markdown_docs, read, relative_links, section, slug, table
 from harness.server import REPO_ROOT
 
 README = "README.md"
@@ -209,6 +210,6 @@ def test_every_docs_file_is_linked_from_the_readme():
     assert not docs - linked, f"docs the README does not link: {sorted(docs - linked)}"
 
 
-@pytest.mark.parametrize("doc", [README, *sorted(f"docs/{path.name}" for path in (REPO_ROOT / "docs").glob("*.md"))])
+@pytest.mark.parametrize("doc", markdown_docs())
 def test_every_relative_link_resolves(doc):
     assert broken_links(doc) == [], f"{doc}: links to files or anchors that do not exist"

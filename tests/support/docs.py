@@ -17,8 +17,15 @@ def read(name: str) -> str:
     return (REPO_ROOT / name).read_text()
 
 
+def markdown_docs() -> list[str]:
+    """README.md, every docs/*.md and every other README.md of the checkout (hidden folders such as
+    .venv left out), by path from the repository root."""
+    readmes = [path for path in REPO_ROOT.rglob("README.md") if not any(part.startswith(".") for part in path.relative_to(REPO_ROOT).parts)]
+    return sorted({str(path.relative_to(REPO_ROOT)) for path in [*readmes, *(REPO_ROOT / "docs").glob("*.md")]})
+
+
 def _lines_outside_code(text: str) -> list[tuple[int, str]]:
-    """(index, line) of each line not inside a fenced code block: a `# comment` there is no heading."""
+    """(index, line) of each line outside fenced code: a `# comment` there is no heading."""
     lines, fenced = [], False
     for index, line in enumerate(text.splitlines()):
         if line.startswith("```"):
