@@ -1,4 +1,4 @@
-"""What a second chat turn gains from vLLM's prefix cache (README, "Cached prompt tokens").
+"""What a second chat turn gains from vLLM's prefix cache (docs/api.md, "Cached prompt tokens").
 
     .venv/bin/python -m bench.prefix_cache --url http://127.0.0.1:8000
 

@@ -1,5 +1,5 @@
-"""Two replicas, growing chats: round-robin against exact-prefix routing (README, "Many replicas:
-the inference gateway").
+"""Two replicas, growing chats: round-robin against exact-prefix routing (docs/production.md,
+"Many replicas: the inference gateway").
 
     .venv/bin/python -m bench.prefix_routing                       # 8 users x 10 turns, ~2k tokens
     .venv/bin/python -m bench.prefix_routing --users 4 --turns 6   # quicker

@@ -6,7 +6,7 @@
 - `load`, `streams`, `sse`: the load generator and the SSE reader, metrics and process probes;
 - `tiny_mpt`, `tiny_awq`, `lora_checkpoints`: tiny random MPT checkpoints (plain, AWQ, and LoRA
   adapters with their base) and their transformers reference;
-- `kv_blocks`: the prefix-block hashes a router computes (README's algorithm);
+- `kv_blocks`: the prefix-block hashes a router computes (the algorithm in docs/production.md);
 - `json_schemas`: random JSON Schemas for tool parameters (hypothesis strategies);
 - `fake_engine`: a fake of vLLM's `AsyncLLM` for tests and micro-benchmarks that isolate the
   server's own layers; never a default of anything, and never shipped.

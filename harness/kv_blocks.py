@@ -1,4 +1,4 @@
-"""The prefix-block hashes of README's "Many replicas: the inference gateway", from scratch (no
+"""The prefix-block hashes of docs/production.md ("Many replicas"), from scratch (no
 vLLM): what a router computes from a render route's `token_ids` to match the engine's
 `BlockStored` events under `--prefix-caching-hash-algo sha256_cbor`."""
 

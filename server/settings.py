@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     prefix_caching_hash_algo: Literal["sha256_cbor", "sha256", "xxhash_cbor", "xxhash"] = Field(
         "sha256_cbor",
         description="How the engine hashes prefix blocks (vLLM's --prefix-caching-hash-algo); "
-        "sha256_cbor is the one a router in any language can recompute (README, the inference gateway).",
+        "sha256_cbor is the one a router in any language can recompute (docs/production.md, the inference gateway).",
     )
     model_runner: Literal["auto", "v1", "v2"] = Field(
         "auto",

@@ -25,8 +25,8 @@ POSITIVE = (
 )
 # The front end (the process that listens) holds neither the weights nor the KV cache: vLLM's
 # engine core, its child process, does. What it holds is Python, torch, vLLM's client side, the
-# tokenizer and the HTTP layers: 691 MiB at 64 streams in the README's bench run, 771 MiB in this
-# test when the bound was set. The bound leaves about twice that, and still fails if the engine
+# tokenizer and the HTTP layers: 691 MiB at 64 streams in docs/performance.md's bench run, 771 MiB
+# in this test when the bound was set. The bound leaves about twice that, and still fails if the engine
 # ran in this process (the test server's 1 GiB KV cache alone, plus the weights, on top).
 FRONTEND_RSS_BOUND_MB = 1536
 

@@ -1,4 +1,4 @@
-"""README's block-hash algorithm (harness/kv_blocks.py, what a router computes) is vLLM's own
+"""docs/production.md's block hashes (harness/kv_blocks.py, what a router computes) are vLLM's own
 for `--prefix-caching-hash-algo sha256_cbor`: checked here against vLLM's functions, and on a real
 engine's KV events in tests/gateway/test_backend.py."""
 

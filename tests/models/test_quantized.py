@@ -19,7 +19,7 @@ is tested on an AVX-512 host too: "avx2-only" children load the AVX2 build
 (tests/support/cpu_kinds.py). The activation's arithmetic alone: tests/models/test_act_scales.py.
 
 What CPU cannot exercise: the GPU kernels (Marlin, AWQ GEMM) and GPTQ checkpoints' extra tensors
-(g_idx), which the model's `quant_config` lets the loader expect; README "Running on GPUs".
+(g_idx), which the model's `quant_config` lets the loader expect; docs/gpu.md.
 """
 
 from __future__ import annotations

@@ -288,11 +288,10 @@ def test_the_reader_gives_raw_arguments_and_decoded_answers():
     assert answer.answer == "Hello é 😀 \n done\\" and answer.calls == []
 
 
-def test_the_readme_shows_the_exact_rendering():
-    from harness.server import REPO_ROOT
+def test_the_api_doc_shows_the_exact_rendering():
+    from tests.support.docs import section as doc_section
 
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("### Tools", 1)[1].split("**The prompt.**", 1)[1]
+    section = doc_section("docs/api.md", "Tools").split("**The prompt.**", 1)[1]
     shown = section.split("```\n", 2)[1].removesuffix("\n")
     weather = {"type": "function", "function": {
         "name": "get_weather", "description": "Current weather of a city.",

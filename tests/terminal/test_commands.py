@@ -239,10 +239,9 @@ def test_the_readme_documents_every_chat_flag_and_command():
     import argparse
 
     from server.terminal.options import add_chat_arguments
-    from harness.server import REPO_ROOT
+    from tests.support.docs import section as doc_section
 
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme[readme.index("## Terminal chat"):readme.index("## Serving airoboros-mpt-30b")]
+    section = doc_section("README.md", "Terminal chat")
     parser = argparse.ArgumentParser()
     add_chat_arguments(parser)
     flags = sorted(set(re.findall(r"--[a-z][a-z-]*", parser.format_help())) - {"--help"})
