@@ -10,8 +10,10 @@ instructions are the new request's only, as on OpenAI.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from server.api.protocol.responses_request import ResponseInputItem, ResponsesRequest
@@ -31,6 +33,15 @@ def response_not_found(response_id: str, param: str = "response_id") -> APIError
         404, f"Response with id '{response_id}' not found.",
         type="not_found_error", param=param, code="response_not_found",
     )
+
+
+@contextlib.contextmanager
+def unavailable_as_503() -> Iterator[None]:
+    """A store that cannot be reached is the routes' 503, with nothing of the driver's error."""
+    try:
+        yield
+    except StoreUnavailable:
+        raise store_unavailable() from None
 
 
 def store_unavailable() -> APIError:
@@ -97,10 +108,8 @@ class StoredResponses:
         """The items of the chain `previous_response_id` names (none without it)."""
         if request.previous_response_id is None:
             return []
-        try:
+        with unavailable_as_503():
             chain = await self._archive().chain(request.previous_response_id)
-        except StoreUnavailable:
-            raise store_unavailable() from None
         if chain.missing is not None:
             # An earlier turn of the chain may be the one gone (deleted, expired or evicted).
             raise response_not_found(chain.missing, param="previous_response_id")
@@ -111,30 +120,22 @@ class StoredResponses:
             id=response["id"], previous_id=request.previous_response_id, created_at=time.time(),
             status=response["status"], response=response, input_items=input_items,
         )
-        try:
+        with unavailable_as_503():
             await self._archive().save(record)
-        except StoreUnavailable:
-            raise store_unavailable() from None
 
     async def save_record(
         self, record: StoredResponse, *, owner: str | None = None, only_if_status: tuple[str, ...] | None = None
     ) -> bool:
-        try:
+        with unavailable_as_503():
             return await self._archive().save(record, owner=owner, only_if_status=only_if_status)
-        except StoreUnavailable:
-            raise store_unavailable() from None
 
     async def append_events(self, response_id: str, events: list[tuple[int, str]]) -> bool:
-        try:
+        with unavailable_as_503():
             return await self._archive().append_events(response_id, events)
-        except StoreUnavailable:
-            raise store_unavailable() from None
 
     async def events_after(self, response_id: str, after: int) -> tuple[str | None, list[tuple[int, str]]]:
-        try:
+        with unavailable_as_503():
             return await self._archive().events_after(response_id, after)
-        except StoreUnavailable:
-            raise store_unavailable() from None
 
     async def heartbeat(self, response_id: str) -> str | None:
         return await self._archive().heartbeat(response_id)
@@ -143,7 +144,7 @@ class StoredResponses:
         """Mark a running background response cancelled; it as it is now."""
         if self.archive is None:
             raise response_not_found(response_id)
-        try:
+        with unavailable_as_503():
             record = await self.archive.get(response_id)
             if record is None:
                 raise response_not_found(response_id)
@@ -153,8 +154,6 @@ class StoredResponses:
                     code="not_background",
                 )
             cancelled = await self.archive.cancel(response_id)
-        except StoreUnavailable:
-            raise store_unavailable() from None
         if cancelled is None:
             raise response_not_found(response_id)
         return cancelled
@@ -162,10 +161,8 @@ class StoredResponses:
     async def get(self, response_id: str) -> StoredResponse:
         if self.archive is None:
             raise response_not_found(response_id)
-        try:
+        with unavailable_as_503():
             record = await self.archive.get(response_id)
-        except StoreUnavailable:
-            raise store_unavailable() from None
         if record is None:
             raise response_not_found(response_id)
         return record
@@ -173,10 +170,8 @@ class StoredResponses:
     async def delete(self, response_id: str) -> None:
         if self.archive is None:
             raise response_not_found(response_id)
-        try:
+        with unavailable_as_503():
             existed = await self.archive.delete(response_id)
-        except StoreUnavailable:
-            raise store_unavailable() from None
         if not existed:
             raise response_not_found(response_id)
 
