@@ -9,46 +9,35 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from server.engine.args import engine_args
+from server.engine.errors import EngineDead, as_rejection
+from server.engine.outputs import EngineOutput
 from server.settings import Settings
+
+if TYPE_CHECKING:  # vLLM's types, for annotations only: importing vLLM takes seconds
+    from vllm.sampling_params import SamplingParams
+    from vllm.tokenizers import TokenizerLike
+    from vllm.v1.engine.async_llm import AsyncLLM
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the HTTP layer needs to know about the loaded model."""
+    """What the HTTP layer needs to know about the loaded model. (The name it is served under is
+    the server's, `ServerState.served_name`: known before the engine loads.)"""
 
-    served_name: str
     max_model_len: int
     vocab_size: int
     bos_token_id: int | None
-    # Sampling defaults from the checkpoint's generation_config.json (temperature, top_p, ...).
-    sampling_defaults: dict[str, Any]
-
-
-class EngineDead(RuntimeError):
-    """The engine core process is gone; the server cannot generate any more."""
-
-
-class EngineRejected(ValueError):
-    """vLLM refused the request itself (a client mistake its own checks caught): a 400."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-def as_rejection(error: Exception) -> EngineRejected:
-    """vLLM's request-validation errors, in the words the client should see."""
-    message = str(error.args[0]) if error.args else str(error)
-    return EngineRejected(message, getattr(error, "parameter", None))
+    # Sampling defaults from the checkpoint's generation_config.json (temperature, top_p, ...):
+    # numbers, by `SamplingArgs` field name.
+    sampling_defaults: Mapping[str, float]
 
 
 def client_error_types() -> tuple[type[Exception], ...]:
@@ -60,7 +49,7 @@ def client_error_types() -> tuple[type[Exception], ...]:
 
 
 class Engine:
-    def __init__(self, llm: Any, info: ModelInfo, tokenizer: Any) -> None:
+    def __init__(self, llm: AsyncLLM, info: ModelInfo, tokenizer: TokenizerLike) -> None:
         self._llm = llm
         self.info = info
         self._tokenizer = tokenizer
@@ -86,7 +75,6 @@ class Engine:
         tokenizer = llm.get_tokenizer()
         model_config = llm.model_config
         info = ModelInfo(
-            served_name=served_name,
             max_model_len=model_config.max_model_len,
             vocab_size=model_config.get_vocab_size(),
             bos_token_id=tokenizer.bos_token_id,
@@ -121,7 +109,9 @@ class Engine:
         """The text of one token as OpenAI's logprobs show it (bytes decoded, lossy at UTF-8 splits)."""
         return self._tokenizer.decode([token_id])
 
-    def stream(self, token_ids: list[int], prompt_text: str | None, params: Any, request_id: str) -> AsyncIterator[Any]:
+    def stream(
+        self, token_ids: list[int], prompt_text: str | None, params: SamplingParams, request_id: str
+    ) -> AsyncIterator[EngineOutput]:
         """vLLM's own stream of `RequestOutput`s for one request, unwrapped, so each output
         costs the consumer one await; pass what it raises through `translate_error`.
 

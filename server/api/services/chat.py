@@ -14,9 +14,10 @@ from prompt_formats import ContextLengthExceeded, FittedPrompt, PromptFormat, Pr
 
 from server.api.protocol.requests import ChatCompletionRequest, RenderResponse
 from server.api.tool_calls import ToolPlan, tool_plan
+from server.api.services.sampling import engine_params, sampling_args
 from server.api.services.validation import check_n, context_length_error
-from server.engine import Engine
-from server.engine.sampling import SchemaNotCompiled, build_sampling_params, compact_json_grammar
+from server.engine import Engine, SchemaNotCompiled
+from server.engine.sampling import compact_json_grammar
 from server.errors import invalid_request
 from server.generation import EnginePrompt, PreparedGeneration
 from server.settings import Settings
@@ -128,18 +129,17 @@ class ChatService:
                 "response_format and tool calls both constrain the answer: send one of them "
                 "(or tool_choice 'none').", param="response_format",
             )
-        params = build_sampling_params(
+        args = sampling_args(
             request,
-            info=engine.info,
             max_tokens=request.requested_max_tokens or min(self.settings.default_max_tokens, room),
             # The grammar ends a tool answer; a stop string inside its JSON would cut it.
             stops=self.format.stops(request.stop) if grammar is None else [],
-            stream=request.stream,
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
             json_schema=response_format.schema_dict if response_format else None,
             json_object=bool(response_format and response_format.type == "json_object"),
             grammar=grammar,
         )
+        params = engine_params(args, engine.info)
         continuation = request.continue_final_message
         return PreparedGeneration(
             prompts=[EnginePrompt(rendered.token_ids, rendered.fitted.prompt, params)],

@@ -7,9 +7,9 @@ prompt-major (`prompt_index * n + sample_index`), as OpenAI numbers them.
 from __future__ import annotations
 
 from server.api.protocol.requests import CompletionRequest
+from server.api.services.sampling import engine_params, sampling_args
 from server.api.services.validation import check_n, context_length_error
 from server.engine import Engine
-from server.engine.sampling import build_sampling_params
 from server.errors import invalid_request
 from server.generation import EnginePrompt, PreparedGeneration
 from server.settings import Settings
@@ -35,16 +35,14 @@ class CompletionService:
                 raise invalid_request("prompt must not be empty.", param="prompt")
             if len(token_ids) + (asked or 1) > max_model_len:
                 raise context_length_error(max_model_len, len(token_ids), asked, what="prompt", param="prompt")
-            params = build_sampling_params(
+            args = sampling_args(
                 request,
-                info=engine.info,
                 max_tokens=asked or min(self.settings.default_max_tokens, max_model_len - len(token_ids)),
                 stops=[request.stop] if isinstance(request.stop, str) else list(request.stop or []),
-                stream=request.stream,
                 logprobs=request.logprobs,
                 prompt_logprobs=request.logprobs if request.echo and request.logprobs is not None else None,
                 json_schema=response_format.schema_dict if response_format else None,
                 json_object=bool(response_format and response_format.type == "json_object"),
             )
-            prompts.append(EnginePrompt(token_ids, text, params))
+            prompts.append(EnginePrompt(token_ids, text, engine_params(args, engine.info)))
         return PreparedGeneration(prompts=prompts, n=request.n)
