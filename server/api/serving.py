@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TypeVar
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
@@ -25,11 +25,14 @@ from server.ops.state import ServerState
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away before the answer
 
 
+T = TypeVar("T")
+
+
 class ClientDisconnected(Exception):
     pass
 
 
-async def cancel_on_disconnect(request: Request, work: Awaitable[Any]) -> Any:
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Run `work`, cancelling it (and so aborting its engine request) if the client goes away.
 
     Starlette does not cancel a non-streaming endpoint when its client disconnects; without

@@ -9,6 +9,7 @@ encoders turn its events into their own chunks and events.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,13 @@ class ToolPlan:
         return self.shown
 
 
-def tool_plan(tools: Any, tool_choice: Any, parallel: bool, *, flat: bool = False) -> ToolPlan:
+def tool_plan(
+    tools: Sequence[Mapping[str, Any]] | None,
+    tool_choice: str | Mapping[str, Any] | None,
+    parallel: bool,
+    *,
+    flat: bool = False,
+) -> ToolPlan:
     """Raises `PromptFormatError` (param `tools` or `tool_choice`) for a client mistake."""
     parsed = parse_tools(tools, flat=flat)
     choice = parse_tool_choice(tool_choice, parsed)

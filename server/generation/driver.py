@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from server.engine import Engine
+from server.engine import Engine, EngineCompletion, EngineOutput
 from server.generation.loop import Interruptions, run_generation
 from server.generation.outcome import Outcome, classify_stop
 from server.generation.prepared import EnginePrompt, PreparedGeneration
@@ -30,8 +30,8 @@ class FinalChoice:
 
     index: int
     text: str  # shaped
-    completion: Any  # vLLM CompletionOutput: token_ids, logprobs, finish_reason, stop_reason
-    output: Any  # its RequestOutput (prompt token ids and prompt logprobs, for echo)
+    completion: EngineCompletion  # token_ids, logprobs, finish_reason, stop_reason
+    output: EngineOutput  # its engine output (prompt token ids and prompt logprobs, for echo)
 
 
 class ChoiceEncoder(Protocol):
@@ -48,7 +48,7 @@ class ChoiceEncoder(Protocol):
         """The frame for a text-only delta of choice `index` (non-empty text, not finished)."""
         ...
 
-    def choice(self, index: int, text: str, completion: Any, output: Any) -> str:
+    def choice(self, index: int, text: str, completion: EngineCompletion, output: EngineOutput) -> str:
         """The frame for any other delta: logprobs, echo, or the choice's finish."""
         ...
 
@@ -94,7 +94,7 @@ class Generation:
     def texts(self) -> list[str]:
         return ["".join(parts) for parts in self._texts or ()]
 
-    def _outputs(self, position: int, prompt: EnginePrompt) -> AsyncIterator[Any]:
+    def _outputs(self, position: int, prompt: EnginePrompt) -> AsyncIterator[EngineOutput]:
         request_id = self.outcome.request_id
         if len(self.prepared.prompts) > 1:
             request_id = f"{request_id}-{position}"
@@ -105,10 +105,12 @@ class Generation:
     # --- non-streaming ------------------------------------------------------------------------
 
     async def complete(self) -> dict[str, Any]:
-        async def final_output(position: int, prompt: EnginePrompt) -> Any:
-            final = None
+        async def final_output(position: int, prompt: EnginePrompt) -> EngineOutput:
+            final: EngineOutput | None = None
             async for output in self._outputs(position, prompt):
                 final = output
+            if final is None:  # vLLM ends every request with a final output, or raises
+                raise RuntimeError("the engine request ended without an output")
             return final
 
         prompts = self.prepared.prompts
@@ -195,7 +197,7 @@ class Generation:
                 runner.cancel()
                 await asyncio.gather(runner, return_exceptions=True)
 
-    def _frame(self, base: int, output: Any) -> str:
+    def _frame(self, base: int, output: EngineOutput) -> str:
         if self.outcome.first_token_at is None:
             self.outcome.mark_first_token()
             if len(self.prepared.prompts) == 1:  # several prompts: recorded in `_merged_frames`
@@ -205,7 +207,7 @@ class Generation:
             return self._choice_frame(base, completions[0], output)
         return "".join(self._choice_frame(base, completion, output) for completion in completions)
 
-    def _choice_frame(self, base: int, completion: Any, output: Any) -> str:
+    def _choice_frame(self, base: int, completion: EngineCompletion, output: EngineOutput) -> str:
         self.outcome.completion_tokens += len(completion.token_ids)
         index = base + completion.index
         text = completion.text
@@ -223,6 +225,6 @@ class Generation:
         self._record_finish(completion)
         return self.encoder.choice(index, text, completion, output)
 
-    def _record_finish(self, completion: Any) -> None:
+    def _record_finish(self, completion: EngineCompletion) -> None:
         reason = completion.finish_reason
         self.outcome.record_choice(reason, classify_stop(reason, completion.stop_reason, self.prepared.stop_strings))

@@ -25,9 +25,8 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
-from server.engine import Engine, EngineDead
+from server.engine import Engine, EngineDead, EngineOutput
 from server.generation.prepared import EnginePrompt
 
 # Aborts in flight, held so the event loop does not drop them before they run.
@@ -114,7 +113,7 @@ async def run_generation(
     *,
     deadline: float,
     interruptions: Interruptions,
-) -> AsyncIterator[Any]:
+) -> AsyncIterator[EngineOutput]:
     """Yield the engine's `RequestOutput`s until the request finishes.
 
     `deadline` is a `time.monotonic()` instant.

@@ -10,10 +10,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.engine import EngineOutput
 from server.metrics import Metrics
 
 
-def classify_stop(finish_reason: str | None, stop_reason: Any, format_stops: tuple[str, ...] = ()) -> str:
+def classify_stop(finish_reason: str | None, stop_reason: int | str | None, format_stops: tuple[str, ...] = ()) -> str:
     """Why a choice ended, in the metric's words: eos, a format stop string (`</s>`, `USER:`),
     client_stop, stop_token, length, abort."""
     if finish_reason == "length":
@@ -60,7 +61,7 @@ class Outcome:
         if count:
             self.metrics.tool_calls.labels(tool_choice).inc(count)
 
-    def record_prefill(self, output: Any) -> None:
+    def record_prefill(self, output: EngineOutput) -> None:
         """The prefix-cache counts of one engine request, from its first `RequestOutput`."""
         self.cached_tokens += output.num_cached_tokens or 0
         self.cache_write_tokens += getattr(output, "num_cache_creation_tokens", None) or 0

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prompt_formats import OutputShaper
+
+if TYPE_CHECKING:  # vLLM's type, named through the engine package (which alone imports vLLM)
+    from server.engine.sampling import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -15,7 +18,7 @@ class EnginePrompt:
 
     token_ids: list[int]
     text: str | None
-    params: Any  # vLLM SamplingParams, built by server.engine.sampling
+    params: SamplingParams  # built by server.engine.sampling from typed `SamplingArgs`
 
 
 @dataclass(frozen=True)

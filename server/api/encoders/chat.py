@@ -16,6 +16,7 @@ from server.api.encoders.frames import ChunkFrames, encode_json_string
 from server.api.sse import KEEPALIVE_FRAME
 from server.api.encoders.logprobs import chat_logprob_content
 from server.api.tool_calls import ChoiceCalls
+from server.engine import EngineCompletion, EngineOutput
 from server.generation import FinalChoice, Outcome
 from prompt_formats import AnswerDelta, CallStarted
 
@@ -47,7 +48,7 @@ class ChatEncoder(ChunkFrames):
         self._calls = [ChoiceCalls() for _ in range(n)] if tool_choice is not None else None
         self.plain_deltas = not logprobs and not continuous_usage and self._calls is None
 
-    def _choice_logprobs(self, completion: Any) -> dict[str, Any] | None:
+    def _choice_logprobs(self, completion: EngineCompletion) -> dict[str, Any] | None:
         if not self.logprobs:
             return None
         content = chat_logprob_content(completion.token_ids, completion.logprobs, self.top_logprobs, self.token_text)
@@ -77,7 +78,7 @@ class ChatEncoder(ChunkFrames):
                 deltas.append({"tool_calls": [{"index": event.index, "function": {"arguments": event.text}}]})
         return deltas
 
-    def _tool_choice_frames(self, index: int, text: str, completion: Any) -> str:
+    def _tool_choice_frames(self, index: int, text: str, completion: EngineCompletion) -> str:
         frames = [
             {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
             for delta in self._tool_deltas(index, text)
@@ -99,7 +100,7 @@ class ChatEncoder(ChunkFrames):
             '"logprobs":null,"finish_reason":null}]}\n\n'
         )
 
-    def choice(self, index: int, text: str, completion: Any, output: Any) -> str:
+    def choice(self, index: int, text: str, completion: EngineCompletion, output: EngineOutput) -> str:
         if self._calls is not None:
             return self._tool_choice_frames(index, text, completion)
         finish_reason = completion.finish_reason

@@ -8,6 +8,7 @@ from typing import Any
 from server.api.encoders.frames import ChunkFrames, encode_json_string
 from server.api.sse import KEEPALIVE_FRAME
 from server.api.encoders.logprobs import CompletionLogprobs
+from server.engine import EngineCompletion, EngineOutput
 from server.generation import EnginePrompt, FinalChoice, Outcome
 
 
@@ -45,7 +46,7 @@ class CompletionEncoder(ChunkFrames):
     def _collector(self) -> CompletionLogprobs:
         return CompletionLogprobs(self.logprobs or 0, self.token_text, self.tokens_as_ids)
 
-    def _add_echo(self, index: int, text: str, output: Any, collector: CompletionLogprobs | None) -> str:
+    def _add_echo(self, index: int, text: str, output: EngineOutput, collector: CompletionLogprobs | None) -> str:
         """The prompt ahead of a choice's first text (and its logprobs ahead of the choice's)."""
         prompt = self.prompts[index // self.n]
         if collector is not None:
@@ -63,7 +64,7 @@ class CompletionEncoder(ChunkFrames):
             '"logprobs":null,"finish_reason":null}]}\n\n'
         )
 
-    def choice(self, index: int, text: str, completion: Any, output: Any) -> str:
+    def choice(self, index: int, text: str, completion: EngineCompletion, output: EngineOutput) -> str:
         collector = None
         if self.logprobs is not None:
             collector = self._collectors.get(index)

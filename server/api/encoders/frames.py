@@ -22,7 +22,7 @@ encode_json_string = json.encoder.encode_basestring
 DONE_FRAME = "data: [DONE]\n\n"
 
 
-def dumps(body: Any) -> str:
+def dumps(body: object) -> str:  # any JSON value
     return _ENCODER.encode(body)
 
 

@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from server.engine import TokenCandidates, TokenLogprob
+
 TokenText = Callable[[int], str]
 
 
@@ -14,21 +16,21 @@ def _finite(value: float) -> float:
     return value if math.isfinite(value) else -9999.0
 
 
-def _text(token_id: int, entry: Any, token_text: TokenText, as_ids: bool) -> str:
+def _text(token_id: int, entry: TokenLogprob | None, token_text: TokenText, as_ids: bool) -> str:
     if as_ids:
         return f"token_id:{token_id}"
     decoded = getattr(entry, "decoded_token", None)
     return decoded if decoded is not None else token_text(token_id)
 
 
-def _ranked(candidates: dict[int, Any], limit: int) -> list[tuple[int, Any]]:
+def _ranked(candidates: TokenCandidates, limit: int) -> list[tuple[int, TokenLogprob]]:
     ordered = sorted(candidates.items(), key=lambda item: item[1].logprob, reverse=True)
     return ordered[:limit]
 
 
 def chat_logprob_content(
     token_ids: Sequence[int],
-    logprobs: Sequence[dict[int, Any]] | None,
+    logprobs: Sequence[TokenCandidates] | None,
     top_n: int,
     token_text: TokenText,
 ) -> list[dict[str, Any]]:
@@ -67,7 +69,7 @@ class CompletionLogprobs:
         self.top_logprobs: list[dict[str, float] | None] = []
         self.text_offset: list[int] = []
 
-    def add(self, token_ids: Sequence[int], logprobs: Sequence[dict[int, Any] | None] | None) -> None:
+    def add(self, token_ids: Sequence[int], logprobs: Sequence[TokenCandidates | None] | None) -> None:
         for token_id, candidates in zip(token_ids, logprobs or ()):
             if candidates is None:
                 # The first prompt token has no logprob (nothing precedes it).

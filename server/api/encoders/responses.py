@@ -35,6 +35,7 @@ from prompt_formats import AnswerDelta, CallStarted
 from prompt_formats.tool_output import Event
 from server.api.sse import KEEPALIVE_FRAME
 from server.api.tool_calls import ChoiceCalls
+from server.engine import EngineCompletion, EngineOutput
 from server.generation import FinalChoice, Outcome
 
 TEXT_DELTA = "response.output_text.delta"
@@ -202,7 +203,7 @@ class ResponsesEncoder:
                 index, "completed" if self._calls.complete(index) else self.status)})
         )
 
-    def _tool_frames(self, text: str, completion: Any) -> str:
+    def _tool_frames(self, text: str, completion: EngineCompletion) -> str:
         frames = "".join(self._tool_event_frames(event) for event in self._calls.feed(text))
         if completion.finish_reason is None:
             return frames
@@ -216,7 +217,7 @@ class ResponsesEncoder:
         self._sequence += 1
         return f'{self._delta_prefix}{encode_json_string(text)},"sequence_number":{sequence}}}\n\n'
 
-    def choice(self, index: int, text: str, completion: Any, output: Any) -> str:
+    def choice(self, index: int, text: str, completion: EngineCompletion, output: EngineOutput) -> str:
         if self._calls is not None:
             return self._tool_frames(text, completion)
         frames = self.content(index, text) if text else ""

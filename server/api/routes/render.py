@@ -61,7 +61,7 @@ def generate_request(
     }
 
 
-def _answer(body: Any, prepared: PreparedGeneration) -> JSONResponse:
+def _answer(body: dict[str, Any] | list[dict[str, Any]], prepared: PreparedGeneration) -> JSONResponse:
     return JSONResponse(body, headers=prepared.headers)
 
 

@@ -22,13 +22,14 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from server.api.encoders.frames import client_error
 from server.api.encoders.responses import ResponsesEncoder
 from server.api.services.background_stream import EventLog, events_of
 from server.api.services.stored_responses import StoredResponses
+from server.engine import Engine
 from server.errors import APIError
 from server.generation import Generation, GenerationInterrupted, Outcome, PreparedGeneration
 from server.generation.loop import DRAIN
@@ -169,7 +170,11 @@ class BackgroundResponses:
 
 
 def background_generation(
-    state: ServerState, engine: Any, prepared: PreparedGeneration, encoder_for: Any, request_id: str
+    state: ServerState,
+    engine: Engine,
+    prepared: PreparedGeneration,
+    encoder_for: Callable[[Outcome], ResponsesEncoder],
+    request_id: str,
 ) -> tuple[Generation, ResponsesEncoder, Outcome]:
     outcome = Outcome(
         route="/v1/responses", request_id=request_id, metrics=state.metrics,

@@ -92,7 +92,7 @@ def chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def _text_of(output: Any) -> Any:
+def _text_of(output: object) -> object:  # the client's JSON value
     """A `function_call_output`'s output: a string, or its text parts joined."""
     if isinstance(output, list):
         return "\n".join(part.get("text", "") for part in output if isinstance(part, dict))
@@ -129,7 +129,7 @@ def input_message(position: int, item: ResponseInputItem) -> dict[str, Any]:
         )
     if item.role is None:
         raise invalid_request(f"input[{position}].role is required.", param="input")
-    content: Any = item.content
+    content: object = item.content
     if isinstance(content, list):
         # Other part types (input_image, input_file...) keep their type, so the prompt format
         # refuses them as it refuses them on chat.
