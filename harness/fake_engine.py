@@ -305,14 +305,14 @@ class FakeAsyncLLM:
             await asyncio.sleep(min(POLL_S, left))
 
 
-def fake_engine(llm: FakeAsyncLLM | None = None, served_name: str = "fake-model") -> Any:
+def fake_engine(llm: FakeAsyncLLM | None = None) -> Any:
     """The server's real `Engine` around a fake (what `Engine.start` builds, without a start)."""
     from server.engine import Engine, ModelInfo
 
     llm = llm or FakeAsyncLLM()
     config = llm.model_config
     info = ModelInfo(
-        served_name=served_name, max_model_len=config.max_model_len, vocab_size=config.get_vocab_size(),
+        max_model_len=config.max_model_len, vocab_size=config.get_vocab_size(),
         bos_token_id=FakeTokenizer.bos_token_id, sampling_defaults=config.get_diff_sampling_param(),
     )
     return Engine(llm, info, llm.get_tokenizer())

@@ -50,7 +50,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     return await serve_generation(
         request, state, engine, "/v1/chat/completions", prepared,
         lambda outcome: ChatEncoder(
-            request_id=outcome.request_id, model=engine.info.served_name, n=body.n, outcome=outcome,
+            request_id=outcome.request_id, model=state.served_name, n=body.n, outcome=outcome,
             token_text=engine.token_text, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
             include_usage=_include_usage(body), continuous_usage=_continuous_usage(body),
             tool_choice=prepared.tool_choice,
@@ -69,7 +69,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     return await serve_generation(
         request, state, engine, "/v1/completions", prepared,
         lambda outcome: CompletionEncoder(
-            request_id=outcome.request_id, model=engine.info.served_name, prompts=prepared.prompts,
+            request_id=outcome.request_id, model=state.served_name, prompts=prepared.prompts,
             n=body.n, outcome=outcome, token_text=engine.token_text, echo=body.echo,
             logprobs=body.logprobs, tokens_as_ids=body.return_tokens_as_token_ids,
             include_usage=_include_usage(body), continuous_usage=_continuous_usage(body),
@@ -105,7 +105,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     def make_encoder(outcome: Outcome) -> ResponsesEncoder:
         encoders.append(
             ResponsesEncoder(
-                response_id=response_id, model=engine.info.served_name, outcome=outcome, echo=echo,
+                response_id=response_id, model=state.served_name, outcome=outcome, echo=echo,
                 tool_choice=prepared.tool_choice,
             )
         )
