@@ -112,7 +112,7 @@ class BackgroundResponses:
 
     async def _run(
         self, state: ServerState, generation: Generation, encoder: ResponsesEncoder, outcome: Outcome,
-        record: StoredResponse, work_to_do: Coroutine[Any, Any, Any], log: EventLog | None,
+        record: StoredResponse, work_to_do: Coroutine[object, object, object], log: EventLog | None,
     ) -> None:
         work = asyncio.create_task(work_to_do)
         self._work[record.id] = work
