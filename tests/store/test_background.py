@@ -96,11 +96,23 @@ def test_a_response_left_running_by_a_crash_is_failed_at_the_next_start(tmp_path
     crashed = time.time() - 600  # its last heartbeat: ten minutes ago
     response = {"id": "resp_crashed", "object": "response", "status": "in_progress", "background": True, "output": []}
     store.put(StoredResponse("resp_crashed", None, crashed, "in_progress", response, []), now=crashed, owner="gone:1")
+    # It was streamed: its opening events are in the store.
+    opening = [
+        (seq, f'event: {kind}\ndata: {{"type":"{kind}","response":{{"id":"resp_crashed","object":"response",'
+              f'"status":"in_progress","background":true,"output":[]}},"sequence_number":{seq}}}\n\n')
+        for seq, kind in enumerate(["response.created", "response.in_progress"])
+    ]
+    assert store.append_events("resp_crashed", opening, now=crashed)
     store.close()
     with serving_fake(responses_store=f"sqlite:///{path}") as server:
         failed = sdk(server).responses.retrieve("resp_crashed")
         assert failed.status == "failed" and failed.error.code == "server_error"
         assert "left running by a stopped server" in server.log_text()
+        # A client resuming its stream gets what was kept, then its end: response.failed.
+        events = list(sdk(server).responses.retrieve("resp_crashed", stream=True))
+        assert [event.type for event in events] == ["response.created", "response.in_progress", "response.failed"]
+        assert [event.sequence_number for event in events] == [0, 1, 2]
+        assert events[-1].response.status == "failed"
 
 
 def test_background_without_the_store_is_a_400():

@@ -10,8 +10,9 @@ SSE events are kept twice:
 
 The creating connection only follows: when its client leaves, the generation goes on. Every
 follower ends at the stream's last event (`response.completed`, `.incomplete`, `.failed`, or an
-`error` event), or when the response stops running without one (cancelled, or marked failed
-after its server died), or at the server's request timeout.
+`error` event), or when the response stops running without one: cancelled (the stream ends), or
+marked failed after its server died (a `response.failed` event with the stored response ends
+it); or at the server's request timeout.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+from server.api.encoders.frames import dumps, event_frame
 from server.api.services.stored_responses import StoredResponses
 from server.errors import APIError, invalid_request
 from server.store import StoreUnavailable
@@ -127,7 +129,16 @@ async def follow_store(
             after = seq
             if is_last_event(frame):
                 return
-        if status is None or (not events and (status not in RUNNING or time.monotonic() > deadline)):
+        if not events and status is not None and status not in RUNNING:
+            # Stopped without a last event: marked failed after its server died. Say so as the
+            # stream would have (a cancelled stream just ends: the Responses API has no event
+            # for it).
+            if status == "failed":
+                record = await stored.get(response_id)
+                failed = {"type": "response.failed", "response": record.response, "sequence_number": after + 1}
+                yield event_frame("response.failed", dumps(failed)).encode()
+            return
+        if status is None or (not events and time.monotonic() > deadline):
             return
         if not events:
             await asyncio.sleep(POLL_S)
