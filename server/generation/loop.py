@@ -7,9 +7,10 @@
   `GenerationInterrupted` (`EngineDead` when the engine died).
 
 The per-output path is a single await on vLLM's own output stream: nothing is scheduled or
-allocated per token. The deadline is one timer (`loop.call_later`), and the drain and engine
-death reach every running request through `Interruptions`; both act only when they fire, the
-way `asyncio.Timeout` does. They abort the engine request with a reason: vLLM then ends its
+allocated per token. Deadlines, the drain and engine death reach every running request through
+`Interruptions`, one per server: the deadlines share one timer (`loop.call_later`, armed for the
+earliest), not a timer per request, and all act only when they fire, the way `asyncio.Timeout`
+does. They abort the engine request with a reason: vLLM then ends its
 output stream with an "abort" output, and the loop turns that into the interruption.
 Keep-alive comments while no token flows are the SSE layer's (`server.api.sse`), not this loop's.
 
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -71,16 +74,25 @@ class _Run:
 
 
 class Interruptions:
-    """The running engine requests, so the server can stop them all at once.
+    """The running engine requests, so the server can stop them all at once, and their deadlines.
 
     `interrupt_all` is for the drain deadline and engine death; after it, a request that starts
     is interrupted at once (the server no longer admits new work by then, but one may have been
     admitted a moment before).
+
+    Deadlines are a heap of (instant, run) behind one timer armed for the earliest: a request
+    costs a heap push when it starts and nothing while it runs. A finished request's entry stays
+    until its instant comes (or the heap is rebuilt when such entries outnumber the live ones).
     """
 
     def __init__(self) -> None:
         self._running: set[_Run] = set()
         self.reason: str | None = None
+        self._deadlines: list[tuple[float, int, _Run]] = []
+        self._order = itertools.count()  # ties in the heap never compare runs
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._timer_loop: asyncio.AbstractEventLoop | None = None  # tests run one per asyncio.run
 
     def __len__(self) -> int:
         return len(self._running)
@@ -91,13 +103,38 @@ class Interruptions:
         for run in list(self._running):
             run.interrupt(reason)
 
-    def track(self, run: _Run) -> None:
+    def track(self, run: _Run, deadline: float | None = None) -> None:
+        """`deadline`: a `time.monotonic()` instant at which `run` is interrupted (timeout)."""
         self._running.add(run)
         if self.reason is not None:
             run.interrupt(self.reason)
+        if deadline is not None:
+            if len(self._deadlines) > 2 * len(self._running) + 64:
+                self._deadlines = [entry for entry in self._deadlines if entry[2] in self._running]
+                heapq.heapify(self._deadlines)
+            heapq.heappush(self._deadlines, (deadline, next(self._order), run))
+            if deadline < self._timer_at or self._timer is None or self._timer_loop is not asyncio.get_running_loop():
+                self._arm(self._deadlines[0][0])
 
     def untrack(self, run: _Run) -> None:
         self._running.discard(run)
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer_loop = asyncio.get_running_loop()
+        self._timer = self._timer_loop.call_at(at, self._expire)
+
+    def _expire(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        now = asyncio.get_running_loop().time()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, run = heapq.heappop(self._deadlines)
+            if run in self._running:
+                run.interrupt(TIMEOUT)
+        if self._deadlines:
+            self._arm(self._deadlines[0][0])
 
 
 def engine_request_id(request_id: str) -> str:
@@ -119,8 +156,8 @@ async def run_generation(
     `deadline` is a `time.monotonic()` instant.
     """
     run = _Run(engine, engine_request_id(request_id))
-    timer = asyncio.get_running_loop().call_later(max(0.0, deadline - time.monotonic()), run.interrupt, TIMEOUT)
-    interruptions.track(run)
+    # The event loop's clock, which the shared deadline timer runs on.
+    interruptions.track(run, asyncio.get_running_loop().time() + (deadline - time.monotonic()))
     outputs = engine.stream(prompt.token_ids, prompt.text, prompt.params, run.engine_id)
     finished = False
     try:
@@ -142,7 +179,6 @@ async def run_generation(
             # The stream ended without a last output: only an abort does that.
             raise _interruption(run.reason)
     finally:
-        timer.cancel()
         interruptions.untrack(run)
         if not finished:
             # Closing vLLM's stream aborts internally, but only when it was waiting; an

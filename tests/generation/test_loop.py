@@ -187,3 +187,35 @@ def test_requests_sharing_a_client_request_id_get_their_own_engine_ids():
     run(scenario())
     first, second = (request.request_id for request in llm.started)
     assert first != second and first.startswith("same-id-") and second.startswith("same-id-")
+
+
+def test_deadlines_share_one_timer_and_each_request_stops_at_its_own():
+    # Requests started latest-deadline first: each earlier one re-arms the single timer, and a
+    # later one never delays an earlier. Requests that finish leave no timer behind.
+    llm = FakeAsyncLLM(first_token_delay_s=30)
+    interruptions = Interruptions()
+    deadlines_s = [1.2, 0.9, 0.6, 0.3, 5.0]
+
+    async def timed(request_id: str, deadline_s: float) -> tuple[str, float]:
+        started = time.monotonic()
+        with pytest.raises(GenerationInterrupted) as stopped:
+            await drain(llm, request_id, interruptions, deadline_s=deadline_s, **LONG)
+        assert stopped.value.reason == TIMEOUT
+        return request_id, time.monotonic() - started
+
+    async def scenario():
+        tasks = [asyncio.create_task(timed(f"r{i}", d)) for i, d in enumerate(deadlines_s[:-1])]
+        last = asyncio.create_task(timed("late", deadlines_s[-1]))
+        results = await asyncio.gather(*tasks)
+        timers = sum(1 for handle in asyncio.get_running_loop()._scheduled  # noqa: SLF001 - asyncio's own timer heap
+                     if not handle.cancelled() and getattr(handle._callback, "__self__", None) is interruptions)  # noqa: SLF001
+        assert len(interruptions) == 1 and not last.done()
+        last.cancel()
+        await settle()
+        return results, timers
+
+    results, timers = run(scenario())
+    for (request_id, took), deadline_s in zip(results, deadlines_s):
+        assert deadline_s - 0.05 <= took < deadline_s + 2.0, (request_id, took, deadline_s)
+    assert timers == 1, f"{timers} deadline timers for the one request still running"
+    assert len(interruptions) == 0
