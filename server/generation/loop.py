@@ -104,7 +104,8 @@ class Interruptions:
             run.interrupt(reason)
 
     def track(self, run: _Run, deadline: float | None = None) -> None:
-        """`deadline`: a `time.monotonic()` instant at which `run` is interrupted (timeout)."""
+        """`deadline`: the instant, on the event loop's clock (`loop.time()`), at which `run` is
+        interrupted as a timeout."""
         self._running.add(run)
         if self.reason is not None:
             run.interrupt(self.reason)
