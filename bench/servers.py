@@ -74,6 +74,8 @@ def ours_command(config: EngineConfig, port: int) -> list[str]:
         "--enforce-eager" if config.enforce_eager else "--no-enforce-eager",
         "--served-model-name", config.served_name,
         "--drain-timeout", "5",
+        # `vllm serve` gets bench/airoboros.jinja; the default model's own format (auto) is ChatML.
+        "--prompt-format", "airoboros",
         port=port,
     )
     if not config.use_default_model:
