@@ -227,6 +227,10 @@ def aggregate(runs: list[RunResult], max_tokens: int) -> dict[str, Any]:
             if any(v is not None for v in per_round) else None,
             "frontend_cpu_s": sum(run.frontend_cpu_s or 0 for run in runs),
             "frontend_cpu_s_per_1k_tokens": per_1k([run.frontend_cpu_s for run in runs]),
+            # The same CPU per second of open stream: on a slow engine (many streams waiting for
+            # few tokens) it shows what an open stream costs while it waits.
+            "frontend_cpu_ms_per_stream_s": 1000.0 * sum(run.frontend_cpu_s for run in runs) / summary["stream_s"]
+            if summary["stream_s"] and all(run.frontend_cpu_s is not None for run in runs) else None,
             "engine_cpu_s_per_1k_tokens": per_1k([run.engine_cpu_s for run in runs]),
             "client_cpu_s_per_1k_tokens": per_1k([run.client_cpu_s for run in runs]),
             "frontend_peak_rss_mb": max(rss) / 2**20 if rss else None,
@@ -242,7 +246,7 @@ def aggregate(runs: list[RunResult], max_tokens: int) -> dict[str, Any]:
 RATIO_KEYS = (
     "output_tokens_per_s", "output_tokens_per_s_median_round", "requests_per_s", "ttft_ms_p50", "ttft_ms_p95", "itl_ms_p50",
     "itl_ms_p95", "tpot_ms_p50", "tpot_ms_p95", "tokens_per_chunk", "e2e_s_p50", "e2e_s_p95",
-    "frontend_cpu_s_per_1k_tokens", "frontend_peak_rss_mb",
+    "frontend_cpu_s_per_1k_tokens", "frontend_cpu_ms_per_stream_s", "frontend_peak_rss_mb",
 )
 
 

@@ -141,6 +141,9 @@ def summarize(records: list[StreamRecord], wall_s: float, max_tokens: int) -> di
         "itl_ms_p95": pct(gaps, 95),
         "tpot_ms_p50": pct(tpot, 50),
         "tpot_ms_p95": pct(tpot, 95),
+        # Seconds streams were open, summed: what per-stream costs (timers, keep-alives,
+        # disconnect watchers) scale with, apart from tokens.
+        "stream_s": sum(e2e),
         "e2e_s_p50": pct(e2e, 50, 1.0),
         "e2e_s_p95": pct(e2e, 95, 1.0),
     }

@@ -27,6 +27,7 @@ COLUMNS = (
     ("E2E p50 s", "e2e_s_p50", "{:.2f}"),
     ("E2E p95 s", "e2e_s_p95", "{:.2f}"),
     ("FE CPU s/1k tok", "frontend_cpu_s_per_1k_tokens", "{:.3f}"),
+    ("FE CPU ms/stream-s", "frontend_cpu_ms_per_stream_s", "{:.2f}"),
     ("FE peak RSS MB", "frontend_peak_rss_mb", "{:.0f}"),
 )
 LABELS = {"ours": "ours", "vllm": "vllm serve", "direct": "AsyncLLM in-process"}

@@ -21,7 +21,7 @@ REQUESTS = 4
 POSITIVE = (
     "output_tokens_per_s", "requests_per_s", "ttft_ms_p50", "ttft_ms_p95", "itl_ms_p50", "itl_ms_p95",
     "tpot_ms_p50", "tpot_ms_p95", "e2e_s_p50", "e2e_s_p95", "wall_s",
-    "frontend_cpu_s_per_1k_tokens", "engine_cpu_s_per_1k_tokens", "frontend_peak_rss_mb", "frontend_vm_hwm_mb",
+    "frontend_cpu_s_per_1k_tokens", "frontend_cpu_ms_per_stream_s", "stream_s", "engine_cpu_s_per_1k_tokens", "frontend_peak_rss_mb", "frontend_vm_hwm_mb",
 )
 # The front end (the process that listens) holds neither the weights nor the KV cache: vLLM's
 # engine core, its child process, does. What it holds is Python, torch, vLLM's client side, the
@@ -62,6 +62,9 @@ def test_bench_report_has_every_figure_for_our_server(bench_report):
         assert ours[f"{metric}_p95"] >= ours[f"{metric}_p50"], metric
     assert ours["e2e_s_p50"] * 1000 >= ours["ttft_ms_p50"]
     assert ours["frontend_peak_rss_mb"] < FRONTEND_RSS_BOUND_MB, ours["frontend_peak_rss_mb"]
+    # Stream-seconds are the requests' open times summed: at least each one's median, at most
+    # all of them open for the whole run.
+    assert REQUESTS * ours["e2e_s_p50"] * 0.5 <= ours["stream_s"] <= REQUESTS * ours["wall_s"]
 
 
 def test_bench_roofline_is_computed_from_the_checkpoint(bench_report):
